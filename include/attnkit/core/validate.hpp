@@ -1,0 +1,168 @@
+#pragma once
+/// \file
+/// Up-front validation of an attention call (CUTLASS's can_implement idea): every
+/// check runs before any output byte is written; kernels themselves never throw.
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "error.hpp"
+#include "options.hpp"
+#include "tensor_view.hpp"
+
+namespace attnkit {
+namespace detail {
+
+inline const char* axis_name(int a) {
+  static const char* names[] = {"batch", "heads", "seq", "dim"};
+  return names[a];
+}
+
+/// Number of addressable elements a view spans (0 for an empty view).
+template <class T>
+index_t span_elements(const tensor_view<T>& t) {
+  if (t.empty()) return 0;
+  index_t last = 0;
+  for (int a = 0; a < 4; ++a) last += (t.extent[a] - 1) * t.stride[a];
+  return last + 1;
+}
+
+/// [begin, end) byte range a view touches.
+template <class T>
+std::pair<const char*, const char*> byte_range(const tensor_view<T>& t) {
+  auto* p = reinterpret_cast<const char*>(t.data);
+  return {p, p + span_elements(t) * static_cast<index_t>(sizeof(T))};
+}
+
+inline bool overlaps(std::pair<const char*, const char*> a, std::pair<const char*, const char*> b) {
+  if (a.first == a.second || b.first == b.second) return false;
+  return a.first < b.second && b.first < a.second;
+}
+
+/// Extents non-negative, strides non-negative, data present when non-empty.
+template <class T>
+void check_view_basics(const std::string& name, const tensor_view<T>& t) {
+  for (int a = 0; a < 4; ++a) {
+    if (t.extent[a] < 0) fail(name, std::string("extent '") + axis_name(a) + "'", ">= 0", t.extent[a]);
+    if (t.stride[a] < 0) fail(name, std::string("stride '") + axis_name(a) + "'", ">= 0", t.stride[a]);
+  }
+  if (!t.empty() && t.data == nullptr) fail(name, "data", "a non-null pointer for a non-empty view", "nullptr");
+}
+
+template <class T>
+void check_extent(const std::string& name, const tensor_view<T>& t, int a, index_t expected,
+                  const std::string& because) {
+  if (t.extent[a] != expected)
+    fail(name, std::string("extent '") + axis_name(a) + "'", std::to_string(expected) + " (" + because + ")",
+         t.extent[a]);
+}
+
+template <class T>
+void check_unit_dim_stride(const std::string& name, const tensor_view<T>& t) {
+  if (t.dim() > 1 && t.stride[dim_axis] != 1)
+    fail(name, "stride 'dim'", "1 (the head dimension must be contiguous)", t.stride[dim_axis]);
+}
+
+/// Mask or bias: [B|1, Hq|1, Lq|1, Lk], last axis contiguous.
+template <class T>
+void check_broadcastable(const std::string& name, const tensor_view<T>& m, index_t B, index_t H, index_t Lq,
+                         index_t Lk) {
+  if (m.data == nullptr) return;
+  check_view_basics(name, m);
+  const index_t want[3] = {B, H, Lq};
+  for (int a = 0; a < 3; ++a)
+    if (m.extent[a] != want[a] && m.extent[a] != 1)
+      fail(name, std::string("extent '") + axis_name(a) + "'", std::to_string(want[a]) + " or 1 (broadcast)",
+           m.extent[a]);
+  if (m.extent[3] != Lk) fail(name, "extent 'dim' (keys)", std::to_string(Lk) + " (= k.seq)", m.extent[3]);
+  check_unit_dim_stride(name, m);
+}
+
+}  // namespace detail
+
+/// Shape facts of a validated call.
+struct problem_shape {
+  index_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, k_len = 0, head_dim = 0, value_dim = 0;
+  index_t group() const noexcept { return kv_heads ? q_heads / kv_heads : 0; }
+};
+
+/// Validates q/k/v/out/options of an attention call; throws invalid_argument_error
+/// naming the argument and the expected vs actual value. `require_contiguous_dim`
+/// is true for the SIMD kernels (the reference oracle accepts any stride).
+template <class TQ, class TK, class TV, class TO>
+problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                            const tensor_view<TO>& out, const options& opt, bool require_contiguous_dim = true) {
+  using detail::fail;
+  detail::check_view_basics("q", q);
+  detail::check_view_basics("k", k);
+  detail::check_view_basics("v", v);
+  detail::check_view_basics("out", out);
+  problem_shape s{q.batch(), q.heads(), k.heads(), q.seq(), k.seq(), q.dim(), v.dim()};
+  if (s.head_dim == 0) fail("q", "extent 'dim'", "> 0", 0);
+  if (s.value_dim == 0) fail("v", "extent 'dim'", "> 0", 0);
+  detail::check_extent("k", k, batch_axis, s.batch, "= q.batch");
+  detail::check_extent("v", v, batch_axis, s.batch, "= q.batch");
+  detail::check_extent("k", k, dim_axis, s.head_dim, "= q.dim");
+  if (s.kv_heads == 0 && s.q_heads != 0) fail("k", "extent 'heads'", "> 0", 0);
+  if (s.kv_heads != 0 && s.q_heads % s.kv_heads != 0)
+    fail("k", "extent 'heads'", "a divisor of q.heads = " + std::to_string(s.q_heads) + " (GQA)", s.kv_heads);
+  detail::check_extent("v", v, head_axis, s.kv_heads, "= k.heads");
+  detail::check_extent("v", v, seq_axis, s.k_len, "= k.seq");
+  detail::check_extent("out", out, batch_axis, s.batch, "= q.batch");
+  detail::check_extent("out", out, head_axis, s.q_heads, "= q.heads");
+  detail::check_extent("out", out, seq_axis, s.q_len, "= q.seq");
+  detail::check_extent("out", out, dim_axis, s.value_dim, "= v.dim");
+  if (require_contiguous_dim) {
+    detail::check_unit_dim_stride("q", q);
+    detail::check_unit_dim_stride("k", k);
+    detail::check_unit_dim_stride("v", v);
+    detail::check_unit_dim_stride("out", out);
+  }
+  for (int a = 0; a < 4; ++a)
+    if (out.extent[a] > 1 && out.stride[a] == 0)
+      fail("out", std::string("stride '") + detail::axis_name(a) + "'", "> 0 (outputs may not broadcast)", 0);
+
+  // Options.
+  if (opt.scale && !std::isfinite(*opt.scale)) fail("options.scale", "", "a finite value", *opt.scale);
+  if (opt.window.left < -1) fail("options.window", "left", ">= -1 (-1 = unbounded)", opt.window.left);
+  if (opt.window.right < -1) fail("options.window", "right", ">= -1 (-1 = unbounded)", opt.window.right);
+  if (!(opt.softcap >= 0.0f) || !std::isfinite(opt.softcap))
+    fail("options.softcap", "", ">= 0 and finite (0 = off)", opt.softcap);
+  if (opt.num_threads < 0) fail("options.num_threads", "", ">= 0 (0 = automatic)", opt.num_threads);
+  detail::check_broadcastable("options.mask", opt.mask, s.batch, s.q_heads, s.q_len, s.k_len);
+  detail::check_broadcastable("options.bias", opt.bias, s.batch, s.q_heads, s.q_len, s.k_len);
+  if (!opt.key_lengths.empty()) {
+    if (static_cast<index_t>(opt.key_lengths.size()) != s.batch)
+      fail("options.key_lengths", "size", s.batch, opt.key_lengths.size());
+    for (std::size_t b = 0; b < opt.key_lengths.size(); ++b)
+      if (opt.key_lengths[b] < 0 || opt.key_lengths[b] > s.k_len)
+        fail("options.key_lengths", "element " + std::to_string(b), "in [0, " + std::to_string(s.k_len) + "]",
+             opt.key_lengths[b]);
+    if (opt.key_lengths.data() == nullptr) fail("options.key_lengths", "data", "non-null", "nullptr");
+  }
+  if (!opt.alibi_slopes.empty() && static_cast<index_t>(opt.alibi_slopes.size()) != s.q_heads)
+    fail("options.alibi_slopes", "size", std::to_string(s.q_heads) + " (= q.heads)", opt.alibi_slopes.size());
+  if (!opt.sinks.empty() && static_cast<index_t>(opt.sinks.size()) != s.q_heads)
+    fail("options.sinks", "size", std::to_string(s.q_heads) + " (= q.heads)", opt.sinks.size());
+
+  // Aliasing: the output may not overlap any input (results would depend on order).
+  const auto o = detail::byte_range(out);
+  if (detail::overlaps(o, detail::byte_range(q))) fail("out", "memory", "no overlap with q", "overlap");
+  if (detail::overlaps(o, detail::byte_range(k))) fail("out", "memory", "no overlap with k", "overlap");
+  if (detail::overlaps(o, detail::byte_range(v))) fail("out", "memory", "no overlap with v", "overlap");
+  if (opt.mask.data && detail::overlaps(o, detail::byte_range(opt.mask)))
+    fail("out", "memory", "no overlap with options.mask", "overlap");
+  if (opt.bias.data && detail::overlaps(o, detail::byte_range(opt.bias)))
+    fail("out", "memory", "no overlap with options.bias", "overlap");
+  if (opt.lse) {
+    auto* l = reinterpret_cast<const char*>(opt.lse);
+    std::pair<const char*, const char*> lr{l, l + s.batch * s.q_heads * s.q_len * static_cast<index_t>(sizeof(float))};
+    if (detail::overlaps(o, lr)) fail("options.lse", "memory", "no overlap with out", "overlap");
+    if (detail::overlaps(lr, detail::byte_range(q)) || detail::overlaps(lr, detail::byte_range(k)) ||
+        detail::overlaps(lr, detail::byte_range(v)))
+      fail("options.lse", "memory", "no overlap with q, k or v", "overlap");
+  }
+  return s;
+}
+
+}  // namespace attnkit

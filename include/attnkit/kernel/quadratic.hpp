@@ -1,0 +1,380 @@
+#pragma once
+/// \file
+/// The tiled streaming skeleton of the quadratic family (softmax, sigmoid).
+///
+/// Per (batch, kv-head) Kᵀ is packed once into panels of BN keys and V into
+/// zero-padded rows; then each task takes (batch, head, block of BM query rows),
+/// walks only the key tiles its rows may see, and for each tile and 6-row strip
+///   S = Q·Kᵀ (register tile) → mask → weights P (online softmax or σ) → O += P·V.
+/// Q is pre-scaled by τ·log2(e) so the softmax uses exp2. Tiles wholly inside
+/// every row's analytic key interval skip masking; tiles outside are never read.
+/// Each output row is produced by one task, in a fixed order, so results are
+/// bitwise identical for any thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numbers>
+
+#include "../core/aligned.hpp"
+#include "../core/mask.hpp"
+#include "../core/options.hpp"
+#include "../core/validate.hpp"
+#include "../observe/observer.hpp"
+#include "../parallel/thread_pool.hpp"
+#include "../policy/family.hpp"
+#include "../policy/softmax.hpp"
+#include "../simd/microkernel.hpp"
+
+namespace attnkit::detail {
+
+inline constexpr float log2e = std::numbers::log2e_v<float>;
+inline constexpr float ln2 = std::numbers::ln2_v<float>;
+inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+
+/// Kᵀ panels and padded V rows of every (batch, kv-head): packed once per call.
+template <class Arch>
+struct packed_kv {
+  using tile = simd::tile_shape<Arch>;
+  static constexpr int BN = tile::keys;
+  index_t key_tiles = 0, dim = 0, vdim_padded = 0;
+  aligned_vector<float> kt, vr;
+
+  std::size_t k_head_size() const { return static_cast<std::size_t>(key_tiles * dim * BN); }
+  std::size_t v_head_size() const { return static_cast<std::size_t>(key_tiles * BN * vdim_padded); }
+  const float* k_head(index_t bg) const { return kt.data() + bg * k_head_size(); }
+  const float* v_head(index_t bg) const { return vr.data() + bg * v_head_size(); }
+
+  void pack(const tensor_view<const float>& k, const tensor_view<const float>& v, int threads) {
+    const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
+    dim = k.dim();
+    key_tiles = (Lk + BN - 1) / BN;
+    vdim_padded = (Dv + tile::width - 1) / tile::width * tile::width;
+    kt.assign(static_cast<std::size_t>(B * G) * k_head_size(), 0.0f);
+    vr.assign(static_cast<std::size_t>(B * G) * v_head_size(), 0.0f);
+    parallel_for(B * G, threads, [&](index_t bg) {
+      const index_t b = bg / G, g = bg % G;
+      float* kh = kt.data() + bg * k_head_size();
+      float* vh = vr.data() + bg * v_head_size();
+      for (index_t j = 0; j < Lk; ++j) {
+        const float* kr = k.row(b, g, j);
+        float* panel = kh + (j / BN) * dim * BN + (j % BN);
+        for (index_t d = 0; d < dim; ++d) panel[d * BN] = kr[d];
+        std::memcpy(vh + j * vdim_padded, v.row(b, g, j), static_cast<std::size_t>(Dv) * sizeof(float));
+      }
+    });
+  }
+};
+
+/// Per-thread scratch of one query block; reused across calls, grown on demand.
+struct block_scratch {
+  aligned_vector<float> q, o, p, tile;
+  aligned_vector<float> m, l, t, row_scale;
+  aligned_vector<index_t> lo, hi, count;
+};
+inline block_scratch& thread_scratch() {
+  thread_local block_scratch s;
+  return s;
+}
+
+/// Everything a task needs to know about the call, resolved once.
+template <class Arch, class Pol>
+struct quadratic_call {
+  const Pol& pol;
+  const problem_shape& shape;
+  const tensor_view<const float>& q;
+  const tensor_view<float>& out;
+  const options& opt;
+  const packed_kv<Arch>& kv;
+  float q_scale = 1.0f;    ///< τ·log2(e)
+  bool elementwise = false;  ///< mask / bias / ALiBi / softcap present
+};
+
+template <class Pol>
+constexpr bool use_precise_exp(const Pol& pol) {
+  if constexpr (requires { pol.exp; })
+    return pol.exp == exp_mode::precise;
+  else
+    return false;
+}
+
+/// Element path: applies range mask, soft-capping, bias, ALiBi and the boolean
+/// mask to one R×BN tile held in `tile` (log2-scaled logits), counting allowed keys.
+template <int BN>
+inline void apply_elementwise(float* tile, int R, index_t row0, index_t j0, const options& opt, index_t b, index_t h,
+                              batch_keys bk, const index_t* lo, const index_t* hi, index_t* count) {
+  const float cap = opt.softcap;
+  const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)];
+  for (int r = 0; r < R; ++r) {
+    const index_t i = row0 + r;
+    const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
+    const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
+    float* s = tile + r * BN;
+    for (int jj = 0; jj < BN; ++jj) {
+      const index_t j = j0 + jj;
+      if (j < lo[r] || j >= hi[r] || (mrow && !mrow[j])) {
+        s[jj] = neg_inf;
+        continue;
+      }
+      float x = s[jj];
+      if (cap > 0.0f) x = cap * std::tanh(x * ln2 / cap) * log2e;
+      if (brow) x += brow[j] * log2e;
+      if (slope != 0.0f) x -= slope * static_cast<float>(std::abs(i + bk.delta - j)) * log2e;
+      s[jj] = x;
+      count[r] += (x != neg_inf);
+    }
+  }
+}
+
+/// One strip of R rows against one key tile: S, mask, weights, O update.
+template <class Arch, class Pol, class Obs, int R, bool Masked>
+void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2) {
+  using O = simd::ops<Arch>;
+  using vf = typename O::vf;
+  using tile = simd::tile_shape<Arch>;
+  constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
+  constexpr bool normalized = Pol::normalized;
+  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
+  const index_t D = c.shape.head_dim;
+  const index_t Dvp = c.kv.vdim_padded;
+
+  vf acc[R][NC];
+  simd::qk_tile<Arch, R, NC>(sc.q.data() + r0 * D, D, kpanel, D, acc);
+
+  if constexpr (Masked) {
+    if (c.elementwise) {
+      float* t = sc.tile.data();
+      for (int r = 0; r < R; ++r)
+        for (int k = 0; k < NC; ++k) O::store(t + r * BN + k * W, acc[r][k]);
+      apply_elementwise<BN>(t, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
+                            sc.count.data() + r0);
+      for (int r = 0; r < R; ++r)
+        for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + r * BN + k * W);
+    } else {
+      const vf io = O::iota(static_cast<float>(j0));
+      for (int r = 0; r < R; ++r) {
+        const float lo = static_cast<float>(sc.lo[r0 + r]), hi = static_cast<float>(sc.hi[r0 + r]);
+        for (int k = 0; k < NC; ++k) acc[r][k] = O::mask_range(acc[r][k], io + O::set1(float(k * W)), lo, hi);
+      }
+    }
+  }
+
+  float* P = sc.p.data();
+  float* scale = sc.row_scale.data();
+  for (int r = 0; r < R; ++r) {
+    const int row = r0 + r;
+    if constexpr (normalized) {
+      vf mx = acc[r][0];
+      for (int k = 1; k < NC; ++k) mx = O::max(mx, acc[r][k]);
+      const float m_old = sc.m[row];
+      const float m_new = std::max(m_old, O::reduce_max(mx));
+      if (m_new == neg_inf) {  // nothing visible yet: weights are all zero
+        for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, O::set1(0.0f));
+        scale[r] = 1.0f;
+        continue;
+      }
+      const float alpha = m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
+      const vf mv = O::set1(m_new);
+      vf sum = O::set1(0.0f), tv = O::set1(0.0f);
+      for (int k = 0; k < NC; ++k) {
+        const vf x = acc[r][k] - mv;
+        const vf p = use_precise_exp(c.pol) ? O::exp2_precise(x) : O::exp2_fast(x);
+        sum = sum + p;
+        if constexpr (entropy) tv = O::fma(p, O::max(x, O::set1(-200.0f)), tv);
+        O::store(P + r * BN + k * W, p);
+      }
+      const float l_old = sc.l[row];
+      sc.l[row] = l_old * alpha + O::reduce_add(sum);
+      if constexpr (entropy) {
+        const float t_old = l_old > 0.0f ? alpha * (sc.t[row] + l_old * (m_old - m_new)) : 0.0f;
+        sc.t[row] = t_old + O::reduce_add(tv);
+      }
+      sc.m[row] = m_new;
+      scale[r] = alpha;
+    } else {
+      const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
+      for (int k = 0; k < NC; ++k) {
+        vf p = O::set1(1.0f) / (O::set1(1.0f) + O::exp2_fast(nb - acc[r][k]));
+        if constexpr (Masked) {
+          if constexpr (simd::is_scalar_v<Arch>)
+            p = acc[r][k] == neg_inf ? 0.0f : p;
+          else
+            p = xsimd::select(acc[r][k] == O::set1(neg_inf), O::set1(0.0f), p);
+        }
+        O::store(P + r * BN + k * W, p);
+      }
+      scale[r] = 1.0f;
+    }
+  }
+
+  // O[R][Dv] = scale·O + P·V, in chunks of up to `value_vectors` vectors.
+  constexpr int NV = tile::value_vectors;
+  float* o = sc.o.data() + r0 * Dvp;
+  index_t dc = 0;
+  for (; dc + NV * W <= Dvp; dc += NV * W)
+    simd::pv_tile<Arch, R, NV>(P, BN, vtile + dc, Dvp, BN, o + dc, Dvp, scale);
+  for (; dc < Dvp; dc += W) simd::pv_tile<Arch, R, 1>(P, BN, vtile + dc, Dvp, BN, o + dc, Dvp, scale);
+}
+
+
+template <class Arch, class Pol, class Obs, int R>
+void strip_dispatch(bool masked, const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, index_t row0,
+                    index_t j0, const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk,
+                    float bias2) {
+  if (masked)
+    strip_step<Arch, Pol, Obs, R, true>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2);
+  else
+    strip_step<Arch, Pol, Obs, R, false>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2);
+}
+
+/// Rows per query block: a multiple of the strip height, sized so Q, O and the
+/// current K/V tiles stay in L2.
+template <class Arch>
+inline constexpr int block_rows = 8 * simd::tile_shape<Arch>::rows;
+
+/// One task: query rows [row0, row0 + n) of head (b, h).
+template <class Arch, class Pol, class Obs>
+void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t h, index_t row0, int n) {
+  using tile = simd::tile_shape<Arch>;
+  constexpr int MR = tile::rows, BN = tile::keys;
+  constexpr bool normalized = Pol::normalized;
+  const problem_shape& sh = c.shape;
+  const options& opt = c.opt;
+  const index_t D = sh.head_dim, Dv = sh.value_dim, Dvp = c.kv.vdim_padded;
+  const index_t g = h / sh.group();
+  const index_t bg = b * sh.kv_heads + g;
+  const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
+
+  block_scratch& sc = thread_scratch();
+  auto grow = [](auto& vec, std::size_t size) {
+    if (vec.size() < size) vec.resize(size);
+  };
+  grow(sc.q, static_cast<std::size_t>(n * D));
+  grow(sc.o, static_cast<std::size_t>(n * Dvp));
+  grow(sc.p, MR * BN);
+  grow(sc.tile, MR * BN);
+  for (auto* v : {&sc.m, &sc.l, &sc.t, &sc.row_scale}) grow(*v, static_cast<std::size_t>(n));
+  for (auto* v : {&sc.lo, &sc.hi, &sc.count}) grow(*v, static_cast<std::size_t>(n));
+
+  // Scaled Q rows, zeroed accumulators, per-row key intervals.
+  index_t lo_min = bk.lk, hi_max = 0;
+  for (int r = 0; r < n; ++r) {
+    const float* qr = c.q.row(b, h, row0 + r);
+    float* dst = sc.q.data() + r * D;
+    for (index_t d = 0; d < D; ++d) dst[d] = qr[d] * c.q_scale;
+    const key_range kr = analytic_range(opt, bk, row0 + r);
+    sc.lo[r] = kr.lo;
+    sc.hi[r] = kr.hi;
+    sc.count[r] = c.elementwise ? 0 : kr.size();
+    if (kr.size() > 0) {
+      lo_min = std::min(lo_min, kr.lo);
+      hi_max = std::max(hi_max, kr.hi);
+    }
+    sc.m[r] = neg_inf;
+    sc.l[r] = 0.0f;
+    sc.t[r] = 0.0f;
+  }
+  std::fill_n(sc.o.data(), n * Dvp, 0.0f);
+
+  float bias2 = 0.0f;
+  if constexpr (!normalized) bias2 = static_cast<float>(c.pol.resolved_bias(bk.lk)) * log2e;
+
+  const float* khead = c.kv.k_head(bg);
+  const float* vhead = c.kv.v_head(bg);
+  for (index_t kb = lo_min / BN; kb * BN < hi_max; ++kb) {
+    const index_t j0 = kb * BN;
+    const float* kpanel = khead + kb * D * BN;
+    const float* vtile = vhead + j0 * Dvp;
+    for (int r0 = 0; r0 < n; r0 += MR) {
+      const int R = std::min(MR, n - r0);
+      index_t lo_lo = bk.lk, lo_hi = 0, hi_lo = bk.lk, hi_hi = 0;
+      for (int r = r0; r < r0 + R; ++r) {
+        lo_lo = std::min(lo_lo, sc.lo[r]);
+        lo_hi = std::max(lo_hi, sc.lo[r]);
+        hi_lo = std::min(hi_lo, sc.hi[r]);
+        hi_hi = std::max(hi_hi, sc.hi[r]);
+      }
+      if (hi_hi <= j0 || lo_lo >= j0 + BN || hi_hi <= lo_lo) continue;  // empty for every row
+      const bool full = lo_hi <= j0 && hi_lo >= j0 + BN && !c.elementwise;
+      switch (R) {
+        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+      }
+    }
+  }
+
+  // Finalise rows: sinks, normalisation, masked-row policy, LSE, observer.
+  const float sink = opt.sinks.empty() ? neg_inf : opt.sinks[static_cast<std::size_t>(h)] * log2e;
+  for (int r = 0; r < n; ++r) {
+    const index_t i = row0 + r;
+    float* dst = c.out.row(b, h, i);
+    const float* o = sc.o.data() + r * Dvp;
+    if constexpr (normalized) {
+      // Keys' state (log2 units); a sink adds 2^(sink − m) to the denominator only.
+      const float m = sc.m[r], l = sc.l[r];
+      const bool empty = m == neg_inf;
+      const float m_all = std::max(m, sink);  // row max including the sink
+      const float l_all = (empty ? 0.0f : l * std::exp2(m - m_all)) + (sink == neg_inf ? 0.0f : std::exp2(sink - m_all));
+      if (empty) {
+        const float fill = opt.masked_rows == masked_rows::nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+        for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
+      } else {
+        const float rescale = std::exp2(m - m_all) / l_all;
+        for (index_t d = 0; d < Dv; ++d) dst[d] = o[d] * rescale;
+      }
+      if (opt.lse) {
+        const float lse = m_all == neg_inf ? neg_inf : (m_all + std::log2(l_all)) * ln2;
+        opt.lse[(b * sh.q_heads + h) * sh.q_len + i] = lse;
+      }
+      if constexpr (Obs::enabled) {
+        row_state st;
+        st.batch = b;
+        st.head = h;
+        st.row = i;
+        st.max = static_cast<double>(m) * std::numbers::ln2;
+        st.sum = l;
+        st.tsum = static_cast<double>(sc.t[r]) * std::numbers::ln2;
+        st.allowed = sc.count[r];
+        st.sink_logit_mass = (sink == neg_inf || empty) ? 0.0 : std::exp2(static_cast<double>(sink) - m);
+        obs.on_row(st);
+      }
+    } else {
+      for (index_t d = 0; d < Dv; ++d) dst[d] = o[d];
+    }
+  }
+}
+
+/// Entry of the quadratic skeleton (called by attention() after validation).
+template <class Arch, class Pol, class Obs>
+void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                   const tensor_view<const float>& k, const tensor_view<const float>& v, const tensor_view<float>& out,
+                   const options& opt, Obs& obs) {
+  if (sh.batch == 0 || sh.q_heads == 0 || sh.q_len == 0) return;
+  const int threads = resolve_num_threads(opt.num_threads);
+  packed_kv<Arch> kv;
+  kv.pack(k, v, threads);
+
+  quadratic_call<Arch, Pol> c{pol, sh, q, out, opt, kv};
+  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  c.q_scale = static_cast<float>(tau * std::numbers::log2e);
+  c.elementwise = has_elementwise_terms(opt);
+
+  constexpr int BM = block_rows<Arch>;
+  const index_t q_blocks = (sh.q_len + BM - 1) / BM;
+  const index_t heads = sh.batch * sh.q_heads;
+  // Later query blocks see more keys under causal masks: hand them out first.
+  parallel_for(heads * q_blocks, threads, [&](index_t task) {
+    const index_t qb = q_blocks - 1 - task / heads;
+    const index_t bh = task % heads;
+    const index_t row0 = qb * BM;
+    const int n = static_cast<int>(std::min<index_t>(BM, sh.q_len - row0));
+    run_block<Arch>(c, obs, bh / sh.q_heads, bh % sh.q_heads, row0, n);
+  });
+}
+
+}  // namespace attnkit::detail

@@ -1,0 +1,61 @@
+#pragma once
+/// \file
+/// Compile-time architecture selection. Kernels are templates on an `Arch` tag:
+/// an xsimd architecture (xsimd::sse4_2, xsimd::fma3<xsimd::avx2>, xsimd::avx512f,
+/// ...) or attnkit::simd::scalar, a width-1 fallback that needs no SIMD extension.
+/// The default is the best architecture the compiler targets.
+#include <tuple>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+namespace attnkit::simd {
+
+/// Portable fallback "architecture": one float per vector, plain C++.
+struct scalar {
+  static constexpr const char* name() noexcept { return "scalar"; }
+};
+
+#if XSIMD_WITH_SSE2 || XSIMD_WITH_NEON || XSIMD_WITH_NEON64
+using default_arch = xsimd::default_arch;
+#else
+using default_arch = scalar;
+#endif
+
+template <class Arch>
+inline constexpr bool is_scalar_v = std::is_same_v<Arch, scalar>;
+
+namespace detail {
+template <class... A>
+struct type_list {};
+template <class L, class A, bool Keep>
+struct push_if;
+template <class... Ts, class A>
+struct push_if<std::tuple<Ts...>, A, true> {
+  using type = std::tuple<Ts..., A>;
+};
+template <class... Ts, class A>
+struct push_if<std::tuple<Ts...>, A, false> {
+  using type = std::tuple<Ts...>;
+};
+template <class L, class A, bool Keep>
+using push_if_t = typename push_if<L, A, Keep>::type;
+}  // namespace detail
+
+/// Every architecture this translation unit can run, as a std::tuple of tags:
+/// scalar first, then SSE4.2, AVX2+FMA and AVX-512F when the compiler targets
+/// them. Tests iterate over it (Catch2 TEMPLATE_LIST_TEST_CASE).
+using compiled_archs = detail::push_if_t<
+    detail::push_if_t<detail::push_if_t<std::tuple<scalar>, xsimd::sse4_2, XSIMD_WITH_SSE4_2>,
+                      xsimd::fma3<xsimd::avx2>, XSIMD_WITH_AVX2 && XSIMD_WITH_FMA3_AVX2>,
+    xsimd::avx512f, XSIMD_WITH_AVX512F>;
+
+template <class Arch>
+constexpr const char* arch_name() noexcept {
+  if constexpr (is_scalar_v<Arch>)
+    return "scalar";
+  else
+    return Arch::name();
+}
+
+}  // namespace attnkit::simd

@@ -1,0 +1,68 @@
+#pragma once
+/// \file
+/// Register-blocked micro-kernels shared by every quadratic-family variant.
+///
+/// qk_tile: S[R][NC·W] = Q[R][D] · Kᵀ panel [D][NC·W]. One operand is broadcast
+///   (a query element), the other is a vector load from the packed Kᵀ panel, so
+///   R·NC accumulators stay in registers for the whole D loop (6×4 zmm on AVX-512).
+/// pv_tile:  O[R][NV·W] += P[R][BN] · V[BN][NV·W], broadcasting P, loading V rows.
+#include "vec.hpp"
+
+namespace attnkit::simd {
+
+/// Tile shape per architecture: R query rows × NC vectors of keys. 32 vector
+/// registers (AVX-512) hold 6×4 accumulators; 16 (SSE/AVX2) hold 6×2.
+template <class Arch>
+struct tile_shape {
+  static constexpr int width = ops<Arch>::width;
+  static constexpr int rows = 6;
+  static constexpr int key_vectors = is_scalar_v<Arch> ? 8 : (width >= 16 ? 4 : 2);
+  static constexpr int keys = key_vectors * width;  ///< keys per tile (BN)
+  static constexpr int value_vectors = key_vectors;  ///< output vectors per P·V pass
+};
+
+template <class Arch, int R, int NC>
+inline void qk_tile(const float* q, long q_stride, const float* kpanel, long d_len,
+                    typename ops<Arch>::vf (&acc)[R][NC]) noexcept {
+  using O = ops<Arch>;
+  using vf = typename O::vf;
+  constexpr int W = O::width;
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c) acc[r][c] = O::set1(0.0f);
+  for (long d = 0; d < d_len; ++d) {
+    const float* kp = kpanel + d * (NC * W);
+    vf kv[NC];
+    for (int c = 0; c < NC; ++c) kv[c] = O::load(kp + c * W);
+    for (int r = 0; r < R; ++r) {
+      const vf qb = O::set1(q[r * q_stride + d]);
+      for (int c = 0; c < NC; ++c) acc[r][c] = O::fma(qb, kv[c], acc[r][c]);
+    }
+  }
+}
+
+/// o rows (stride o_stride) are loaded, multiplied by `row_scale[r]` (the online
+/// softmax rescale; 1 for unnormalised variants), accumulated and stored back.
+template <class Arch, int R, int NV>
+inline void pv_tile(const float* p, long p_stride, const float* v, long v_stride, long keys, float* o,
+                    long o_stride, const float* row_scale) noexcept {
+  using O = ops<Arch>;
+  using vf = typename O::vf;
+  constexpr int W = O::width;
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    const vf s = O::set1(row_scale[r]);
+    for (int c = 0; c < NV; ++c) acc[r][c] = O::load(o + r * o_stride + c * W) * s;
+  }
+  for (long j = 0; j < keys; ++j) {
+    vf vv[NV];
+    for (int c = 0; c < NV; ++c) vv[c] = O::load(v + j * v_stride + c * W);
+    for (int r = 0; r < R; ++r) {
+      const vf pb = O::set1(p[r * p_stride + j]);
+      for (int c = 0; c < NV; ++c) acc[r][c] = O::fma(pb, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NV; ++c) O::store(o + r * o_stride + c * W, acc[r][c]);
+}
+
+}  // namespace attnkit::simd

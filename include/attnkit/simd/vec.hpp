@@ -1,0 +1,124 @@
+#pragma once
+/// \file
+/// The small vector vocabulary the kernels are written in. `ops<Arch>` maps it
+/// onto xsimd batches for SIMD architectures and onto plain `float` for
+/// simd::scalar, so one kernel source serves every architecture.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "arch.hpp"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace attnkit::simd {
+
+/// Coefficients of 2^f on f ∈ [−0.5, 0.5] (1 + f·P(f), Cephes exp2f form):
+/// relative error below 2 ulp in float.
+namespace exp2_coef {
+inline constexpr float c6 = 1.535336188319500e-4f;
+inline constexpr float c5 = 1.339887440266574e-3f;
+inline constexpr float c4 = 9.618437357674640e-3f;
+inline constexpr float c3 = 5.550332471162809e-2f;
+inline constexpr float c2 = 2.402264791363012e-1f;
+inline constexpr float c1 = 6.931472028550421e-1f;
+}  // namespace exp2_coef
+
+/// Inputs below this give exactly 0 from the fast exp2 (2^−125 is far below any
+/// contribution a float accumulator can keep next to the row maximum's 1).
+inline constexpr float exp2_underflow = -125.0f;
+
+template <class Arch>
+struct ops {
+  using vf = xsimd::batch<float, Arch>;
+  using vi = xsimd::batch<std::int32_t, Arch>;
+  static constexpr int width = static_cast<int>(vf::size);
+
+  static vf load(const float* p) noexcept { return vf::load_unaligned(p); }
+  static void store(float* p, vf v) noexcept { v.store_unaligned(p); }
+  static vf set1(float x) noexcept { return vf(x); }
+  static vf fma(vf a, vf b, vf c) noexcept { return xsimd::fma(a, b, c); }
+  static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
+  static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
+  static float reduce_max(vf v) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) return _mm512_reduce_max_ps(v);
+#endif
+    alignas(64) float t[width];
+    v.store_unaligned(t);
+    float m = t[0];
+    for (int i = 1; i < width; ++i) m = t[i] > m ? t[i] : m;
+    return m;
+  }
+  /// Lane j holds `start + j`.
+  static vf iota(float start) noexcept {
+    alignas(64) float t[width];
+    for (int i = 0; i < width; ++i) t[i] = start + static_cast<float>(i);
+    return vf::load_unaligned(t);
+  }
+  /// x where lo <= idx < hi, else −inf (range masking of a tile column vector).
+  static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
+    auto keep = (idx >= vf(lo)) & (idx < vf(hi));
+    return xsimd::select(keep, x, vf(-std::numeric_limits<float>::infinity()));
+  }
+
+  /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
+  static vf exp2_fast(vf x) noexcept {
+    using namespace exp2_coef;
+    const vf xc = xsimd::min(xsimd::max(x, vf(-126.0f)), vf(126.0f));
+    const vf magic(12582912.0f);  // 1.5·2^23: adding it rounds to an integer in the low bits
+    const vf r = xc + magic;
+    const vf n = r - magic;
+    const vf f = xc - n;
+    vf p = fma(vf(c6), f, vf(c5));
+    p = fma(p, f, vf(c4));
+    p = fma(p, f, vf(c3));
+    p = fma(p, f, vf(c2));
+    p = fma(p, f, vf(c1));
+    p = fma(p, f, vf(1.0f));
+    const vi ni = xsimd::bitwise_cast<vi>(r) << 23;
+    const vf res = xsimd::bitwise_cast<vf>(xsimd::bitwise_cast<vi>(p) + ni);
+    return xsimd::select(x < vf(exp2_underflow), vf(0.0f), res);
+  }
+  static vf exp2_precise(vf x) noexcept { return xsimd::exp2(x); }
+};
+
+/// Scalar fallback: the same vocabulary over plain floats.
+template <>
+struct ops<scalar> {
+  using vf = float;
+  static constexpr int width = 1;
+  static vf load(const float* p) noexcept { return *p; }
+  static void store(float* p, vf v) noexcept { *p = v; }
+  static vf set1(float x) noexcept { return x; }
+  // a*b+c, not std::fma: without hardware FMA std::fma is a slow library call.
+  static vf fma(vf a, vf b, vf c) noexcept { return a * b + c; }
+  static vf max(vf a, vf b) noexcept { return a > b ? a : b; }
+  static float reduce_add(vf v) noexcept { return v; }
+  static float reduce_max(vf v) noexcept { return v; }
+  static vf iota(float start) noexcept { return start; }
+  static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
+    return (idx >= lo && idx < hi) ? x : -std::numeric_limits<float>::infinity();
+  }
+  static vf exp2_fast(vf x) noexcept {
+    using namespace exp2_coef;
+    if (x < exp2_underflow) return 0.0f;
+    const float xc = std::min(x, 126.0f);
+    const float n = std::nearbyint(xc);
+    const float f = xc - n;
+    float p = c6 * f + c5;
+    p = p * f + c4;
+    p = p * f + c3;
+    p = p * f + c2;
+    p = p * f + c1;
+    p = p * f + 1.0f;
+    return std::ldexp(p, static_cast<int>(n));
+  }
+  static vf exp2_precise(vf x) noexcept { return std::exp2(x); }
+};
+
+}  // namespace attnkit::simd
