@@ -38,29 +38,42 @@ struct packed_kv {
   using tile = simd::tile_shape<Arch>;
   static constexpr int BN = tile::keys;
   index_t key_tiles = 0, dim = 0, vdim_padded = 0;
-  aligned_vector<float> kt, vr;
+  float* kt = nullptr;  // [B·Hkv][key_tiles][dim][BN]
+  float* vr = nullptr;  // [B·Hkv][key_tiles·BN][vdim_padded]
 
   std::size_t k_head_size() const { return static_cast<std::size_t>(key_tiles * dim * BN); }
   std::size_t v_head_size() const { return static_cast<std::size_t>(key_tiles * BN * vdim_padded); }
-  const float* k_head(index_t bg) const { return kt.data() + bg * k_head_size(); }
-  const float* v_head(index_t bg) const { return vr.data() + bg * v_head_size(); }
+  const float* k_head(index_t bg) const { return kt + bg * k_head_size(); }
+  const float* v_head(index_t bg) const { return vr + bg * v_head_size(); }
 
+  /// Packs into storage owned by the calling thread and reused across calls, so a
+  /// steady stream of calls neither allocates nor page-faults. Only padding is zeroed.
   void pack(const tensor_view<const float>& k, const tensor_view<const float>& v, int threads) {
+    thread_local aligned_vector<float> storage;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
     dim = k.dim();
     key_tiles = (Lk + BN - 1) / BN;
     vdim_padded = (Dv + tile::width - 1) / tile::width * tile::width;
-    kt.assign(static_cast<std::size_t>(B * G) * k_head_size(), 0.0f);
-    vr.assign(static_cast<std::size_t>(B * G) * v_head_size(), 0.0f);
+    const std::size_t need = static_cast<std::size_t>(B * G) * (k_head_size() + v_head_size());
+    if (storage.size() < need) storage.resize(need);
+    kt = storage.data();
+    vr = kt + static_cast<std::size_t>(B * G) * k_head_size();
     parallel_for(B * G, threads, [&](index_t bg) {
       const index_t b = bg / G, g = bg % G;
-      float* kh = kt.data() + bg * k_head_size();
-      float* vh = vr.data() + bg * v_head_size();
+      float* kh = kt + bg * k_head_size();
+      float* vh = vr + bg * v_head_size();
       for (index_t j = 0; j < Lk; ++j) {
         const float* kr = k.row(b, g, j);
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = kr[d];
-        std::memcpy(vh + j * vdim_padded, v.row(b, g, j), static_cast<std::size_t>(Dv) * sizeof(float));
+        float* vrow = vh + j * vdim_padded;
+        std::memcpy(vrow, v.row(b, g, j), static_cast<std::size_t>(Dv) * sizeof(float));
+        std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
+      }
+      for (index_t j = Lk; j < key_tiles * BN; ++j) {  // tail keys: zero K columns and V rows
+        float* panel = kh + (j / BN) * dim * BN + (j % BN);
+        for (index_t d = 0; d < dim; ++d) panel[d * BN] = 0.0f;
+        std::fill(vh + j * vdim_padded, vh + (j + 1) * vdim_padded, 0.0f);
       }
     });
   }
@@ -231,7 +244,7 @@ void strip_dispatch(bool masked, const quadratic_call<Arch, Pol>& c, block_scrat
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
 /// current K/V tiles stay in L2.
 template <class Arch>
-inline constexpr int block_rows = 8 * simd::tile_shape<Arch>::rows;
+inline constexpr int block_rows = 24 * simd::tile_shape<Arch>::rows;
 
 /// One task: query rows [row0, row0 + n) of head (b, h).
 template <class Arch, class Pol, class Obs>

@@ -80,8 +80,15 @@ class thread_pool {
 
   void ensure_workers(int n) {
     while (static_cast<int>(workers_.size()) < n) {
-      int id = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, id] { worker_loop(id); });
+      const int id = static_cast<int>(workers_.size());
+      std::uint64_t gen;
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        gen = generation_;
+      }
+      // The worker starts from the generation current *now*, so a job published
+      // before the thread gets scheduled is not missed.
+      workers_.emplace_back([this, id, gen] { worker_loop(id, gen); });
     }
   }
 
@@ -94,12 +101,7 @@ class thread_pool {
     }
   }
 
-  void worker_loop(int id) {
-    std::uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      seen = generation_;
-    }
+  void worker_loop(int id, std::uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(m_);
