@@ -9,6 +9,7 @@
 #include "core/validate.hpp"
 #include "core/version.hpp"
 #include "kernel/dispatch.hpp"
+#include "kernel/merge.hpp"
 #include "observe/observer.hpp"
 #include "parallel/thread_pool.hpp"
 #include "policy/family.hpp"

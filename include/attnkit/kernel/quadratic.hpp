@@ -113,17 +113,17 @@ constexpr bool use_precise_exp(const Pol& pol) {
 
 /// Element path: applies range mask, soft-capping, bias, ALiBi and the boolean
 /// mask to one R×BN tile held in `tile` (log2-scaled logits), counting allowed keys.
-template <int BN>
-inline void apply_elementwise(float* tile, int R, index_t row0, index_t j0, const options& opt, index_t b, index_t h,
-                              batch_keys bk, const index_t* lo, const index_t* hi, index_t* count) {
+inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int R, index_t row0, index_t j0,
+                              const options& opt, index_t b, index_t h, batch_keys bk, const index_t* lo,
+                              const index_t* hi, index_t* count) {
   const float cap = opt.softcap;
   const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)];
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
     const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
     const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
-    float* s = tile + r * BN;
-    for (int jj = 0; jj < BN; ++jj) {
+    float* s = tile + r * tile_stride;
+    for (index_t jj = 0; jj < len; ++jj) {
       const index_t j = j0 + jj;
       if (j < lo[r] || j >= hi[r] || (mrow && !mrow[j])) {
         s[jj] = neg_inf;
@@ -136,6 +136,50 @@ inline void apply_elementwise(float* tile, int R, index_t row0, index_t j0, cons
       s[jj] = x;
       count[r] += (x != neg_inf);
     }
+  }
+}
+
+/// Writes one finished row: sinks, normalisation, masked-row policy, LSE, observer.
+/// (m, l, t) are the row's streaming state in log2 units over its keys; o the
+/// unnormalised accumulator.
+template <class Pol, class Obs>
+void finalize_row(const problem_shape& sh, const options& opt, const tensor_view<float>& out, Obs& obs, index_t b,
+                  index_t h, index_t i, float m, float l, float t, index_t count, const float* o) {
+  const index_t Dv = sh.value_dim;
+  float* dst = out.row(b, h, i);
+  if constexpr (Pol::normalized) {
+    // A sink adds 2^(sink − m) to the denominator only.
+    const float sink = opt.sinks.empty() ? neg_inf : opt.sinks[static_cast<std::size_t>(h)] * log2e;
+    const bool empty = m == neg_inf;
+    const float m_all = std::max(m, sink);  // row max including the sink
+    const float l_all =
+        (empty ? 0.0f : l * std::exp2(m - m_all)) + (sink == neg_inf ? 0.0f : std::exp2(sink - m_all));
+    if (empty) {
+      const float fill = opt.masked_rows == masked_rows::nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
+    } else {
+      const float rescale = std::exp2(m - m_all) / l_all;
+      for (index_t d = 0; d < Dv; ++d) dst[d] = o[d] * rescale;
+    }
+    if (opt.lse) {
+      const float lse = m_all == neg_inf ? neg_inf : (m_all + std::log2(l_all)) * ln2;
+      opt.lse[(b * sh.q_heads + h) * sh.q_len + i] = lse;
+    }
+    if constexpr (Obs::enabled) {
+      row_state st;
+      st.batch = b;
+      st.head = h;
+      st.row = i;
+      st.max = static_cast<double>(m) * std::numbers::ln2;
+      st.sum = l;
+      st.tsum = static_cast<double>(t) * std::numbers::ln2;
+      st.allowed = count;
+      st.sink_logit_mass = (sink == neg_inf || empty) ? 0.0 : std::exp2(static_cast<double>(sink) - m);
+      obs.on_row(st);
+    }
+  } else {
+    (void)m, (void)l, (void)t, (void)count, (void)obs;
+    for (index_t d = 0; d < Dv; ++d) dst[d] = o[d];
   }
 }
 
@@ -160,7 +204,7 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
       float* t = sc.tile.data();
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) O::store(t + r * BN + k * W, acc[r][k]);
-      apply_elementwise<BN>(t, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
+      apply_elementwise(t, BN, BN, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
                             sc.count.data() + r0);
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + r * BN + k * W);
@@ -254,7 +298,7 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
   constexpr bool normalized = Pol::normalized;
   const problem_shape& sh = c.shape;
   const options& opt = c.opt;
-  const index_t D = sh.head_dim, Dv = sh.value_dim, Dvp = c.kv.vdim_padded;
+  const index_t D = sh.head_dim, Dvp = c.kv.vdim_padded;
   const index_t g = h / sh.group();
   const index_t bg = b * sh.kv_heads + g;
   const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
@@ -321,45 +365,9 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
     }
   }
 
-  // Finalise rows: sinks, normalisation, masked-row policy, LSE, observer.
-  const float sink = opt.sinks.empty() ? neg_inf : opt.sinks[static_cast<std::size_t>(h)] * log2e;
-  for (int r = 0; r < n; ++r) {
-    const index_t i = row0 + r;
-    float* dst = c.out.row(b, h, i);
-    const float* o = sc.o.data() + r * Dvp;
-    if constexpr (normalized) {
-      // Keys' state (log2 units); a sink adds 2^(sink − m) to the denominator only.
-      const float m = sc.m[r], l = sc.l[r];
-      const bool empty = m == neg_inf;
-      const float m_all = std::max(m, sink);  // row max including the sink
-      const float l_all = (empty ? 0.0f : l * std::exp2(m - m_all)) + (sink == neg_inf ? 0.0f : std::exp2(sink - m_all));
-      if (empty) {
-        const float fill = opt.masked_rows == masked_rows::nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-        for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
-      } else {
-        const float rescale = std::exp2(m - m_all) / l_all;
-        for (index_t d = 0; d < Dv; ++d) dst[d] = o[d] * rescale;
-      }
-      if (opt.lse) {
-        const float lse = m_all == neg_inf ? neg_inf : (m_all + std::log2(l_all)) * ln2;
-        opt.lse[(b * sh.q_heads + h) * sh.q_len + i] = lse;
-      }
-      if constexpr (Obs::enabled) {
-        row_state st;
-        st.batch = b;
-        st.head = h;
-        st.row = i;
-        st.max = static_cast<double>(m) * std::numbers::ln2;
-        st.sum = l;
-        st.tsum = static_cast<double>(sc.t[r]) * std::numbers::ln2;
-        st.allowed = sc.count[r];
-        st.sink_logit_mass = (sink == neg_inf || empty) ? 0.0 : std::exp2(static_cast<double>(sink) - m);
-        obs.on_row(st);
-      }
-    } else {
-      for (index_t d = 0; d < Dv; ++d) dst[d] = o[d];
-    }
-  }
+  for (int r = 0; r < n; ++r)
+    finalize_row<Pol>(c.shape, c.opt, c.out, obs, b, h, row0 + r, sc.m[r], sc.l[r], sc.t[r], sc.count[r],
+                      sc.o.data() + r * Dvp);
 }
 
 /// Entry of the quadratic skeleton (called by attention() after validation).

@@ -1,0 +1,237 @@
+#pragma once
+/// \file
+/// Decode skeleton (few query rows, long key cache): memory-bound, so K and V are
+/// read in place, once per kv head for all query heads of its GQA group, with no
+/// packing. Keys are split into fixed chunks of `decode_chunk` (never dependent on
+/// the thread count) that run in parallel; per-chunk partial states (m, l, t, o)
+/// are merged in chunk order, so results are bitwise identical for any thread count.
+#include <algorithm>
+#include <cmath>
+
+#include "quadratic.hpp"
+
+namespace attnkit::detail {
+
+/// Keys per split-KV chunk.
+inline constexpr index_t decode_chunk = 512;
+/// The decode path is taken when q_len · group <= this many rows.
+inline constexpr index_t decode_max_rows = 16;
+
+template <class Arch>
+inline float dot(const float* a, const float* b, index_t n) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  typename O::vf acc0 = O::set1(0.0f), acc1 = O::set1(0.0f);
+  index_t d = 0;
+  for (; d + 2 * W <= n; d += 2 * W) {
+    acc0 = O::fma(O::load(a + d), O::load(b + d), acc0);
+    acc1 = O::fma(O::load(a + d + W), O::load(b + d + W), acc1);
+  }
+  for (; d + W <= n; d += W) acc0 = O::fma(O::load(a + d), O::load(b + d), acc0);
+  float s = O::reduce_add(acc0 + acc1);
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+/// o[0..n) += p · v[0..n)
+template <class Arch>
+inline void axpy(float p, const float* v, float* o, index_t n) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  const typename O::vf pv = O::set1(p);
+  index_t d = 0;
+  for (; d + W <= n; d += W) O::store(o + d, O::fma(pv, O::load(v + d), O::load(o + d)));
+  for (; d < n; ++d) o[d] += p * v[d];
+}
+
+/// Runtime (rows, vectors) -> compile-time pv_tile instance.
+template <class Arch, int R>
+inline void pv_rows_r(int nv, const float* p, index_t ps, const float* v, index_t vs, index_t keys, float* o,
+                      index_t os, const float* scale) {
+  switch (nv) {
+    case 4: simd::pv_tile<Arch, R, 4>(p, ps, v, vs, keys, o, os, scale); break;
+    case 3: simd::pv_tile<Arch, R, 3>(p, ps, v, vs, keys, o, os, scale); break;
+    case 2: simd::pv_tile<Arch, R, 2>(p, ps, v, vs, keys, o, os, scale); break;
+    default: simd::pv_tile<Arch, R, 1>(p, ps, v, vs, keys, o, os, scale); break;
+  }
+}
+template <class Arch>
+inline void pv_rows(int R, int nv, const float* p, index_t ps, const float* v, index_t vs, index_t keys, float* o,
+                    index_t os, const float* scale) {
+  switch (R) {
+    case 6: pv_rows_r<Arch, 6>(nv, p, ps, v, vs, keys, o, os, scale); break;
+    case 5: pv_rows_r<Arch, 5>(nv, p, ps, v, vs, keys, o, os, scale); break;
+    case 4: pv_rows_r<Arch, 4>(nv, p, ps, v, vs, keys, o, os, scale); break;
+    case 3: pv_rows_r<Arch, 3>(nv, p, ps, v, vs, keys, o, os, scale); break;
+    case 2: pv_rows_r<Arch, 2>(nv, p, ps, v, vs, keys, o, os, scale); break;
+    default: pv_rows_r<Arch, 1>(nv, p, ps, v, vs, keys, o, os, scale); break;
+  }
+}
+
+template <class Arch, class Pol, class Obs>
+void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                const tensor_view<const float>& k, const tensor_view<const float>& v, const tensor_view<float>& out,
+                const options& opt, Obs& obs) {
+  using O = simd::ops<Arch>;
+  constexpr bool normalized = Pol::normalized;
+  const int threads = resolve_num_threads(opt.num_threads);
+  const index_t G = sh.group(), Lq = sh.q_len, Lk = sh.k_len, D = sh.head_dim, Dv = sh.value_dim;
+  const index_t rows = G * Lq;  // query rows sharing one kv head
+  const index_t chunks = std::max<index_t>(1, (Lk + decode_chunk - 1) / decode_chunk);
+  const index_t heads = sh.batch * sh.kv_heads;
+  const index_t rec = Dv + 4;  // partial record: m, l, t, count, o[Dv]
+  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
+  const float q_scale = static_cast<float>(tau * std::numbers::log2e);
+  const bool elementwise = has_elementwise_terms(opt);
+
+  thread_local aligned_vector<float> partial_storage;
+  const std::size_t need = static_cast<std::size_t>(heads * chunks * rows * rec);
+  if (partial_storage.size() < need) partial_storage.resize(need);
+  float* partial = partial_storage.data();
+
+  parallel_for(heads * chunks, threads, [&](index_t task) {
+    const index_t bg = task / chunks, ch = task % chunks;
+    const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads;
+    const index_t j0 = ch * decode_chunk, j1 = std::min(Lk, j0 + decode_chunk);
+    const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
+    block_scratch& sc = thread_scratch();
+    auto grow = [](auto& vec, std::size_t size) {
+      if (vec.size() < size) vec.resize(size);
+    };
+    grow(sc.q, static_cast<std::size_t>(rows * D));
+    grow(sc.tile, static_cast<std::size_t>(rows * decode_chunk));
+    for (auto* x : {&sc.lo, &sc.hi, &sc.count}) grow(*x, static_cast<std::size_t>(rows));
+
+    // Rows r = (query head g·G + r / Lq, position r % Lq); clip key ranges to the chunk.
+    index_t lo_min = j1, hi_max = j0;
+    for (index_t r = 0; r < rows; ++r) {
+      const index_t h = g * G + r / Lq, i = r % Lq;
+      const float* qr = q.row(b, h, i);
+      for (index_t d = 0; d < D; ++d) sc.q[r * D + d] = qr[d] * q_scale;
+      const key_range kr = analytic_range(opt, bk, i);
+      sc.lo[r] = std::max(kr.lo, j0);
+      sc.hi[r] = std::max(sc.lo[r], std::min(kr.hi, j1));
+      sc.count[r] = elementwise ? 0 : sc.hi[r] - sc.lo[r];
+      if (sc.hi[r] > sc.lo[r]) {
+        lo_min = std::min(lo_min, sc.lo[r]);
+        hi_max = std::max(hi_max, sc.hi[r]);
+      }
+    }
+    const index_t len = j1 - j0;
+    float* S = sc.tile.data();
+    // Logits: each K row is read once for every row of the group.
+    for (index_t j = j0; j < j1; ++j) {
+      const bool any = j >= lo_min && j < hi_max;
+      const float* kr = any ? k.row(b, g, j) : nullptr;
+      for (index_t r = 0; r < rows; ++r)
+        S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
+    }
+    if (elementwise)
+      for (index_t r = 0; r < rows; ++r)
+        apply_elementwise(S + r * len, len, len, 1, r % Lq, j0, opt, b, g * G + r / Lq, bk, &sc.lo[r], &sc.hi[r],
+                          &sc.count[r]);
+    // Weights and per-row partial state.
+    const float bias2 = [&] {
+      if constexpr (!normalized)
+        return static_cast<float>(pol.resolved_bias(bk.lk)) * log2e;
+      else
+        return 0.0f;
+    }();
+    for (index_t r = 0; r < rows; ++r) {
+      float* rowS = S + r * len;
+      float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
+      float m = neg_inf, l = 0.0f, t = 0.0f;
+      if constexpr (normalized) {
+        for (index_t j = 0; j < len; ++j) m = std::max(m, rowS[j]);
+        if (m != neg_inf) {
+          constexpr int W = O::width;
+          const typename O::vf mv = O::set1(m);
+          typename O::vf lv = O::set1(0.0f), tv = O::set1(0.0f);
+          index_t j = 0;
+          for (; j + W <= len; j += W) {
+            const typename O::vf x = O::load(rowS + j) - mv;
+            const typename O::vf p = O::exp2_fast(x);
+            lv = lv + p;
+            if constexpr (Obs::enabled && Obs::wants_entropy) tv = O::fma(p, O::max(x, O::set1(-200.0f)), tv);
+            O::store(rowS + j, p);
+          }
+          l = O::reduce_add(lv);
+          t = O::reduce_add(tv);
+          for (; j < len; ++j) {
+            const float x = rowS[j] - m;
+            const float p = O::reduce_add(O::exp2_fast(O::set1(x))) / static_cast<float>(W);
+            rowS[j] = p;
+            l += p;
+            if constexpr (Obs::enabled && Obs::wants_entropy) t += p == 0.0f ? 0.0f : p * x;
+          }
+        } else {
+          std::fill_n(rowS, len, 0.0f);
+        }
+      } else {
+        for (index_t j = 0; j < len; ++j)
+          rowS[j] = rowS[j] == neg_inf ? 0.0f : 1.0f / (1.0f + std::exp2(-(rowS[j] + bias2)));
+      }
+      pr[0] = m;
+      pr[1] = l;
+      pr[2] = t;
+      pr[3] = static_cast<float>(sc.count[r]);
+      std::fill_n(pr + 4, Dv, 0.0f);
+    }
+    // P·V with register-blocked accumulators (up to 6 rows × 4 vectors per pass);
+    // the chunk's V rows stay in L2 across passes. Tail columns done scalar.
+    if (hi_max > lo_min) {
+      constexpr int W = O::width;
+      const index_t keys = hi_max - lo_min;
+      const index_t vstride = v.stride[seq_axis];
+      const float* v0 = v.row(b, g, lo_min);
+      const index_t dfull = Dv / W * W;
+      const float ones[6] = {1, 1, 1, 1, 1, 1};
+      for (index_t r0 = 0; r0 < rows; r0 += 6) {
+        const int R = static_cast<int>(std::min<index_t>(6, rows - r0));
+        const float* P = S + r0 * len + (lo_min - j0);
+        float* o = partial + ((bg * chunks + ch) * rows + r0) * rec + 4;
+        for (index_t dc = 0; dc < dfull;) {
+          const index_t nv = std::min<index_t>(4, (dfull - dc) / W);
+          pv_rows<Arch>(R, static_cast<int>(nv), P, len, v0 + dc, vstride, keys, o + dc, rec, ones);
+          dc += nv * W;
+        }
+        for (int r = 0; r < R; ++r)
+          for (index_t j = 0; j < keys; ++j)
+            for (index_t d = dfull; d < Dv; ++d) o[r * rec + d] += P[r * len + j] * v0[j * vstride + d];
+      }
+    }
+  });
+
+  // Fixed-order merge of the chunks, then the common row finalisation.
+  parallel_for(heads * rows, threads, [&](index_t task) {
+    const index_t bg = task / rows, r = task % rows;
+    const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads;
+    const index_t h = g * G + r / Lq, i = r % Lq;
+    block_scratch& sc = thread_scratch();
+    if (sc.o.size() < static_cast<std::size_t>(Dv)) sc.o.resize(static_cast<std::size_t>(Dv));
+    float* o = sc.o.data();
+    std::fill_n(o, Dv, 0.0f);
+    float m = neg_inf, l = 0.0f, t = 0.0f;
+    index_t count = 0;
+    for (index_t ch = 0; ch < chunks; ++ch) {
+      const float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
+      count += static_cast<index_t>(pr[3]);
+      if constexpr (normalized) {
+        if (pr[0] == neg_inf) continue;
+        const float m_new = std::max(m, pr[0]);
+        const float a = m == neg_inf ? 0.0f : std::exp2(m - m_new);  // rescale of the running state
+        const float c = std::exp2(pr[0] - m_new);                     // rescale of the chunk
+        if constexpr (Obs::enabled && Obs::wants_entropy)
+          t = (l > 0.0f ? a * (t + l * (m - m_new)) : 0.0f) + c * (pr[2] + pr[1] * (pr[0] - m_new));
+        l = l * a + pr[1] * c;
+        for (index_t d = 0; d < Dv; ++d) o[d] = o[d] * a + pr[4 + d] * c;
+        m = m_new;
+      } else {
+        for (index_t d = 0; d < Dv; ++d) o[d] += pr[4 + d];
+      }
+    }
+    finalize_row<Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o);
+  });
+}
+
+}  // namespace attnkit::detail
