@@ -79,7 +79,9 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
   const index_t rows = G * Lq;  // query rows sharing one kv head
   const index_t chunks = std::max<index_t>(1, (Lk + decode_chunk - 1) / decode_chunk);
   const index_t heads = sh.batch * sh.kv_heads;
-  const index_t rec = Dv + 4;  // partial record: m, l, t, count, o[Dv]
+  int K = 0;  // top-k logits tracked per row for the observer
+  if constexpr (Obs::enabled) K = std::max(0, obs.top_k());
+  const index_t rec = Dv + 5 + K;  // partial record: m, l, t, count, first, o[Dv], topk[K]
   const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
   const float q_scale = static_cast<float>(tau * std::numbers::log2e);
   const bool elementwise = has_elementwise_terms(opt);
@@ -130,6 +132,15 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       for (index_t r = 0; r < rows; ++r)
         apply_elementwise(S + r * len, len, len, 1, r % Lq, j0, opt, b, g * G + r / Lq, bk, &sc.lo[r], &sc.hi[r],
                           &sc.count[r]);
+    if constexpr (Obs::enabled)
+      for (index_t r = 0; r < rows; ++r) {
+        float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
+        pr[4] = (j0 == 0 && len > 0) ? S[r * len] : neg_inf;
+        float* list = pr + 5 + Dv;
+        std::fill_n(list, K, neg_inf);
+        if (K > 0)
+          for (index_t j = 0; j < len; ++j) topk_insert(list, K, S[r * len + j]);
+      }
     // Weights and per-row partial state.
     const float bias2 = [&] {
       if constexpr (!normalized)
@@ -168,14 +179,25 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
           std::fill_n(rowS, len, 0.0f);
         }
       } else {
-        for (index_t j = 0; j < len; ++j)
-          rowS[j] = rowS[j] == neg_inf ? 0.0f : 1.0f / (1.0f + std::exp2(-(rowS[j] + bias2)));
+        for (index_t j = 0; j < len; ++j) {
+          if (rowS[j] == neg_inf) {
+            rowS[j] = 0.0f;
+            continue;
+          }
+          const float e = std::exp2(-(rowS[j] + bias2));
+          const float w = 1.0f / (1.0f + e);
+          rowS[j] = w;
+          if constexpr (Obs::enabled && Obs::wants_entropy) {  // mass and Σ w log w
+            l += w;
+            t -= w * std::log1p(std::min(e, 3.0e38f));
+          }
+        }
       }
       pr[0] = m;
       pr[1] = l;
       pr[2] = t;
       pr[3] = static_cast<float>(sc.count[r]);
-      std::fill_n(pr + 4, Dv, 0.0f);
+      std::fill_n(pr + 5, Dv, 0.0f);
     }
     // P·V with register-blocked accumulators (up to 6 rows × 4 vectors per pass);
     // the chunk's V rows stay in L2 across passes. Tail columns done scalar.
@@ -189,7 +211,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       for (index_t r0 = 0; r0 < rows; r0 += 6) {
         const int R = static_cast<int>(std::min<index_t>(6, rows - r0));
         const float* P = S + r0 * len + (lo_min - j0);
-        float* o = partial + ((bg * chunks + ch) * rows + r0) * rec + 4;
+        float* o = partial + ((bg * chunks + ch) * rows + r0) * rec + 5;
         for (index_t dc = 0; dc < dfull;) {
           const index_t nv = std::min<index_t>(4, (dfull - dc) / W);
           pv_rows<Arch>(R, static_cast<int>(nv), P, len, v0 + dc, vstride, keys, o + dc, rec, ones);
@@ -211,11 +233,18 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     if (sc.o.size() < static_cast<std::size_t>(Dv)) sc.o.resize(static_cast<std::size_t>(Dv));
     float* o = sc.o.data();
     std::fill_n(o, Dv, 0.0f);
-    float m = neg_inf, l = 0.0f, t = 0.0f;
+    float m = neg_inf, l = 0.0f, t = 0.0f, first = neg_inf;
     index_t count = 0;
+    thread_local aligned_vector<float> topk;
+    if (topk.size() < static_cast<std::size_t>(K)) topk.resize(static_cast<std::size_t>(K));
+    std::fill_n(topk.data(), K, neg_inf);
     for (index_t ch = 0; ch < chunks; ++ch) {
       const float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
       count += static_cast<index_t>(pr[3]);
+      if constexpr (Obs::enabled) {
+        if (ch == 0) first = pr[4];
+        for (int x = 0; x < K; ++x) topk_insert(topk.data(), K, pr[5 + Dv + x]);
+      }
       if constexpr (normalized) {
         if (pr[0] == neg_inf) continue;
         const float m_new = std::max(m, pr[0]);
@@ -224,13 +253,15 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         if constexpr (Obs::enabled && Obs::wants_entropy)
           t = (l > 0.0f ? a * (t + l * (m - m_new)) : 0.0f) + c * (pr[2] + pr[1] * (pr[0] - m_new));
         l = l * a + pr[1] * c;
-        for (index_t d = 0; d < Dv; ++d) o[d] = o[d] * a + pr[4 + d] * c;
+        for (index_t d = 0; d < Dv; ++d) o[d] = o[d] * a + pr[5 + d] * c;
         m = m_new;
       } else {
-        for (index_t d = 0; d < Dv; ++d) o[d] += pr[4 + d];
+        l += pr[1];
+        t += pr[2];
+        for (index_t d = 0; d < Dv; ++d) o[d] += pr[5 + d];
       }
     }
-    finalize_row<Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o);
+    finalize_row<Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o, row_extras{first, K ? topk.data() : nullptr, K});
   });
 }
 

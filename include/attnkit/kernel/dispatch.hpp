@@ -39,10 +39,12 @@ void attention(const P& pol, tensor_view<const float> q, tensor_view<const float
       if (opt.lse) detail::fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
     if constexpr (!std::is_same_v<P, softmax>)
       if (!opt.sinks.empty()) detail::fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
+    if constexpr (std::remove_cvref_t<Observer>::enabled) obs.begin(shape, opt);
     if (shape.q_len * shape.group() <= detail::decode_max_rows)
       detail::run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
     else
       detail::run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs);
+    if constexpr (std::remove_cvref_t<Observer>::enabled) obs.end();
   } else {
     static_assert(std::is_same_v<typename P::family, family::quadratic>,
                   "attnkit::attention: no kernel skeleton for this policy family yet");

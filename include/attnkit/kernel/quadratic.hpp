@@ -82,7 +82,7 @@ struct packed_kv {
 /// Per-thread scratch of one query block; reused across calls, grown on demand.
 struct block_scratch {
   aligned_vector<float> q, o, p, tile;
-  aligned_vector<float> m, l, t, row_scale;
+  aligned_vector<float> m, l, t, row_scale, first, topk;
   aligned_vector<index_t> lo, hi, count;
 };
 inline block_scratch& thread_scratch() {
@@ -101,6 +101,7 @@ struct quadratic_call {
   const packed_kv<Arch>& kv;
   float q_scale = 1.0f;    ///< τ·log2(e)
   bool elementwise = false;  ///< mask / bias / ALiBi / softcap present
+  int obs_topk = 0;          ///< top-k logits the observer wants per row (0: none)
 };
 
 template <class Pol>
@@ -139,12 +140,42 @@ inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int
   }
 }
 
+/// Inserts x into a descending list of K entries (−inf = empty slot).
+inline void topk_insert(float* list, int K, float x) noexcept {
+  if (!(x > list[K - 1])) return;
+  int pos = K - 1;
+  while (pos > 0 && list[pos - 1] < x) {
+    list[pos] = list[pos - 1];
+    --pos;
+  }
+  list[pos] = x;
+}
+
+/// Instrumentation extras of one row, in log2 units, handed to finalize_row.
+struct row_extras {
+  float first = neg_inf;          ///< logit of key 0 (log2 units)
+  const float* topk = nullptr;    ///< K largest logits, descending (log2 units)
+  int k = 0;
+};
+
 /// Writes one finished row: sinks, normalisation, masked-row policy, LSE, observer.
 /// (m, l, t) are the row's streaming state in log2 units over its keys; o the
 /// unnormalised accumulator.
+/// Converts the extras to natural-log units into a per-thread buffer.
+inline void report_extras(row_state& st, const row_extras& ex) {
+  thread_local float buf[256];
+  st.first_logit = ex.first == neg_inf ? -std::numeric_limits<double>::infinity()
+                                       : static_cast<double>(ex.first) * std::numbers::ln2;
+  int n = 0;
+  for (; n < ex.k && n < 256 && ex.topk[n] != neg_inf; ++n) buf[n] = ex.topk[n] * ln2;
+  st.top_k = n ? buf : nullptr;
+  st.top_k_count = n;
+}
+
 template <class Pol, class Obs>
 void finalize_row(const problem_shape& sh, const options& opt, const tensor_view<float>& out, Obs& obs, index_t b,
-                  index_t h, index_t i, float m, float l, float t, index_t count, const float* o) {
+                  index_t h, index_t i, float m, float l, float t, index_t count, const float* o,
+                  const row_extras& ex = {}) {
   const index_t Dv = sh.value_dim;
   float* dst = out.row(b, h, i);
   if constexpr (Pol::normalized) {
@@ -175,11 +206,44 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
       st.tsum = static_cast<double>(t) * std::numbers::ln2;
       st.allowed = count;
       st.sink_logit_mass = (sink == neg_inf || empty) ? 0.0 : std::exp2(static_cast<double>(sink) - m);
+      report_extras(st, ex);
       obs.on_row(st);
     }
   } else {
-    (void)m, (void)l, (void)t, (void)count, (void)obs;
     for (index_t d = 0; d < Dv; ++d) dst[d] = o[d];
+    if constexpr (Obs::enabled) {
+      // Unnormalised weights: l = row mass, t = Σ w log w (natural log), max unused.
+      row_state st;
+      st.batch = b;
+      st.head = h;
+      st.row = i;
+      st.normalized = false;
+      st.max = 0.0;
+      st.sum = l;
+      st.tsum = t;
+      st.allowed = count;
+      report_extras(st, ex);
+      obs.on_row(st);
+    } else {
+      (void)m, (void)l, (void)t, (void)count, (void)obs, (void)ex;
+    }
+  }
+}
+
+/// Instrumentation of one masked logit tile: key-0 logit and running top-k.
+template <class Arch, int R, int NC, class Sc>
+void observe_tile(int K, Sc& sc, int r0, index_t j0, typename simd::ops<Arch>::vf (&acc)[R][NC]) {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  if (j0 == 0)
+    for (int r = 0; r < R; ++r) sc.first[r0 + r] = O::first_lane(acc[r][0]);
+  if (K > 0) {
+    alignas(64) float row[NC * W];
+    for (int r = 0; r < R; ++r) {
+      float* list = sc.topk.data() + (r0 + r) * K;
+      for (int k = 0; k < NC; ++k) O::store(row + k * W, acc[r][k]);
+      for (int j = 0; j < NC * W; ++j) topk_insert(list, K, row[j]);
+    }
   }
 }
 
@@ -217,6 +281,8 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
     }
   }
 
+  if constexpr (Obs::enabled) observe_tile<Arch, R, NC>(c.obs_topk, sc, r0, j0, acc);
+
   float* P = sc.p.data();
   float* scale = sc.row_scale.data();
   for (int r = 0; r < R; ++r) {
@@ -251,15 +317,25 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
       scale[r] = alpha;
     } else {
       const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
+      vf mass = O::set1(0.0f), wlogw = O::set1(0.0f);
       for (int k = 0; k < NC; ++k) {
-        vf p = O::set1(1.0f) / (O::set1(1.0f) + O::exp2_fast(nb - acc[r][k]));
+        const vf e = O::exp2_fast(nb - acc[r][k]);
+        vf p = O::set1(1.0f) / (O::set1(1.0f) + e);
         if constexpr (Masked) {
           if constexpr (simd::is_scalar_v<Arch>)
             p = acc[r][k] == neg_inf ? 0.0f : p;
           else
             p = xsimd::select(acc[r][k] == O::set1(neg_inf), O::set1(0.0f), p);
         }
+        if constexpr (entropy) {  // log σ = −log(1 + e^{−x}); masked lanes have p = 0
+          mass = mass + p;
+          wlogw = O::fma(p, O::set1(0.0f) - O::log1p(O::min(e, O::set1(3.0e38f))), wlogw);
+        }
         O::store(P + r * BN + k * W, p);
+      }
+      if constexpr (entropy) {
+        sc.l[row] += O::reduce_add(mass);
+        sc.t[row] += O::reduce_add(wlogw);
       }
       scale[r] = 1.0f;
     }
@@ -311,7 +387,13 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
   grow(sc.o, static_cast<std::size_t>(n * Dvp));
   grow(sc.p, MR * BN);
   grow(sc.tile, MR * BN);
-  for (auto* v : {&sc.m, &sc.l, &sc.t, &sc.row_scale}) grow(*v, static_cast<std::size_t>(n));
+  for (auto* v : {&sc.m, &sc.l, &sc.t, &sc.row_scale, &sc.first}) grow(*v, static_cast<std::size_t>(n));
+  const int K = c.obs_topk;
+  if constexpr (Obs::enabled) {
+    grow(sc.topk, static_cast<std::size_t>(n * K));
+    std::fill_n(sc.first.data(), n, neg_inf);
+    std::fill_n(sc.topk.data(), n * K, neg_inf);
+  }
   for (auto* v : {&sc.lo, &sc.hi, &sc.count}) grow(*v, static_cast<std::size_t>(n));
 
   // Scaled Q rows, zeroed accumulators, per-row key intervals.
@@ -367,7 +449,7 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
 
   for (int r = 0; r < n; ++r)
     finalize_row<Pol>(c.shape, c.opt, c.out, obs, b, h, row0 + r, sc.m[r], sc.l[r], sc.t[r], sc.count[r],
-                      sc.o.data() + r * Dvp);
+                      sc.o.data() + r * Dvp, row_extras{sc.first[r], K ? sc.topk.data() + r * K : nullptr, K});
 }
 
 /// Entry of the quadratic skeleton (called by attention() after validation).
@@ -384,6 +466,7 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
   c.q_scale = static_cast<float>(tau * std::numbers::log2e);
   c.elementwise = has_elementwise_terms(opt);
+  if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
 
   constexpr int BM = block_rows<Arch>;
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;

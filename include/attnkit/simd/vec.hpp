@@ -43,6 +43,7 @@ struct ops {
   static vf set1(float x) noexcept { return vf(x); }
   static vf fma(vf a, vf b, vf c) noexcept { return xsimd::fma(a, b, c); }
   static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
+  static vf min(vf a, vf b) noexcept { return xsimd::min(a, b); }
   static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
   static float reduce_max(vf v) noexcept {
 #if defined(__AVX512F__)
@@ -85,6 +86,8 @@ struct ops {
     return xsimd::select(x < vf(exp2_underflow), vf(0.0f), res);
   }
   static vf exp2_precise(vf x) noexcept { return xsimd::exp2(x); }
+  static vf log1p(vf x) noexcept { return xsimd::log1p(x); }
+  static float first_lane(vf x) noexcept { return x.get(0); }
 };
 
 /// Scalar fallback: the same vocabulary over plain floats.
@@ -98,6 +101,7 @@ struct ops<scalar> {
   // a*b+c, not std::fma: without hardware FMA std::fma is a slow library call.
   static vf fma(vf a, vf b, vf c) noexcept { return a * b + c; }
   static vf max(vf a, vf b) noexcept { return a > b ? a : b; }
+  static vf min(vf a, vf b) noexcept { return a < b ? a : b; }
   static float reduce_add(vf v) noexcept { return v; }
   static float reduce_max(vf v) noexcept { return v; }
   static vf iota(float start) noexcept { return start; }
@@ -119,6 +123,8 @@ struct ops<scalar> {
     return std::ldexp(p, static_cast<int>(n));
   }
   static vf exp2_precise(vf x) noexcept { return std::exp2(x); }
+  static vf log1p(vf x) noexcept { return std::log1p(x); }
+  static float first_lane(vf x) noexcept { return x; }
 };
 
 }  // namespace attnkit::simd
