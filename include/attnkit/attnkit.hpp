@@ -2,6 +2,7 @@
 /// \file
 /// Umbrella header: the whole public API except Eigen interop
 /// (attnkit/interop/eigen.hpp), which is opt-in so that Eigen stays optional.
+#include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/mask.hpp"
 #include "core/options.hpp"
@@ -10,6 +11,7 @@
 #include "core/version.hpp"
 #include "kernel/dispatch.hpp"
 #include "kernel/merge.hpp"
+#include "kernel/varlen.hpp"
 #include "observe/observer.hpp"
 #include "parallel/thread_pool.hpp"
 #include "policy/family.hpp"

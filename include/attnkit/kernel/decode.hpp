@@ -68,9 +68,9 @@ inline void pv_rows(int R, int nv, const float* p, index_t ps, const float* v, i
   }
 }
 
-template <class Arch, class Pol, class Obs>
+template <class Arch, class Pol, class Obs, class KV>
 void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
-                const tensor_view<const float>& k, const tensor_view<const float>& v, const tensor_view<float>& out,
+                const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
                 const options& opt, Obs& obs) {
   using O = simd::ops<Arch>;
   constexpr bool normalized = Pol::normalized;
@@ -121,10 +121,22 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     }
     const index_t len = j1 - j0;
     float* S = sc.tile.data();
-    // Logits: each K row is read once for every row of the group.
+    // Logits: each K row is read once for every row of the group (16-bit storage
+    // is widened into a per-thread row first).
+    thread_local aligned_vector<float> kwide;
+    if constexpr (!std::is_same_v<KV, float>)
+      if (kwide.size() < static_cast<std::size_t>(D)) kwide.resize(static_cast<std::size_t>(D));
     for (index_t j = j0; j < j1; ++j) {
       const bool any = j >= lo_min && j < hi_max;
-      const float* kr = any ? k.row(b, g, j) : nullptr;
+      const float* kr = nullptr;
+      if (any) {
+        if constexpr (std::is_same_v<KV, float>) {
+          kr = k.row(b, g, j);
+        } else {
+          widen(k.row(b, g, j), kwide.data(), D);
+          kr = kwide.data();
+        }
+      }
       for (index_t r = 0; r < rows; ++r)
         S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
     }
@@ -204,8 +216,17 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     if (hi_max > lo_min) {
       constexpr int W = O::width;
       const index_t keys = hi_max - lo_min;
-      const index_t vstride = v.stride[seq_axis];
-      const float* v0 = v.row(b, g, lo_min);
+      index_t vstride = v.stride[seq_axis];
+      const float* v0 = nullptr;
+      if constexpr (std::is_same_v<KV, float>) {
+        v0 = v.row(b, g, lo_min);
+      } else {  // widen this chunk's V rows once; they are then reused from L2
+        thread_local aligned_vector<float> vwide;
+        if (vwide.size() < static_cast<std::size_t>(keys * Dv)) vwide.resize(static_cast<std::size_t>(keys * Dv));
+        for (index_t j = 0; j < keys; ++j) widen(v.row(b, g, lo_min + j), vwide.data() + j * Dv, Dv);
+        v0 = vwide.data();
+        vstride = Dv;
+      }
       const index_t dfull = Dv / W * W;
       const float ones[6] = {1, 1, 1, 1, 1, 1};
       for (index_t r0 = 0; r0 < rows; r0 += 6) {

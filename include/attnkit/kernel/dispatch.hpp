@@ -5,6 +5,7 @@
 /// the policy's family.
 #include <type_traits>
 
+#include "../core/dtype.hpp"
 #include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
 #include "../core/validate.hpp"
@@ -17,11 +18,36 @@
 
 namespace attnkit {
 
+namespace detail {
+template <class Arch, class P, class KV, class Observer>
+void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                    const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
+  const problem_shape shape = validate_call(q, k, v, out, opt);
+  if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
+    static_assert(quadratic_policy<P>, "attnkit: a quadratic-family policy must define `static constexpr bool normalized`");
+    if constexpr (!P::normalized)
+      if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
+    if constexpr (!std::is_same_v<P, softmax>)
+      if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
+    if constexpr (Observer::enabled) obs.begin(shape, opt);
+    if (shape.q_len * shape.group() <= decode_max_rows)
+      run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
+    else
+      run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs);
+    if constexpr (Observer::enabled) obs.end();
+  } else {
+    static_assert(std::is_same_v<typename P::family, family::quadratic>,
+                  "attnkit::attention: no kernel skeleton for this policy family yet");
+  }
+}
+}  // namespace detail
+
 /// Computes attention of `policy` over q [B,Hq,Lq,D], k [B,Hkv,Lk,D], v [B,Hkv,Lk,Dv]
 /// into out [B,Hq,Lq,Dv]. Hq % Hkv == 0 (GQA/MQA: query head h reads kv head
 /// h / (Hq/Hkv)). Throws invalid_argument_error before writing anything if an
 /// argument is invalid. `Arch` is the xsimd architecture the kernel is compiled
 /// for (default: the best one the compiler targets) or attnkit::simd::scalar.
+/// K and V may be float, bfloat16 or float16 (accumulation is always float).
 ///
 /// \code
 ///   attnkit::options opt;
@@ -32,23 +58,23 @@ template <class Arch = simd::default_arch, policy P, class Observer = null_obser
   requires observer<Observer>
 void attention(const P& pol, tensor_view<const float> q, tensor_view<const float> k, tensor_view<const float> v,
                tensor_view<float> out, const options& opt = {}, Observer&& obs = {}) {
-  const problem_shape shape = validate_call(q, k, v, out, opt);
-  if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
-    static_assert(quadratic_policy<P>, "attnkit: a quadratic-family policy must define `static constexpr bool normalized`");
-    if constexpr (!P::normalized)
-      if (opt.lse) detail::fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
-    if constexpr (!std::is_same_v<P, softmax>)
-      if (!opt.sinks.empty()) detail::fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
-    if constexpr (std::remove_cvref_t<Observer>::enabled) obs.begin(shape, opt);
-    if (shape.q_len * shape.group() <= detail::decode_max_rows)
-      detail::run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
-    else
-      detail::run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs);
-    if constexpr (std::remove_cvref_t<Observer>::enabled) obs.end();
-  } else {
-    static_assert(std::is_same_v<typename P::family, family::quadratic>,
-                  "attnkit::attention: no kernel skeleton for this policy family yet");
-  }
+  detail::attention_impl<Arch>(pol, q, k, v, out, opt, obs);
+}
+
+/// K/V stored as bfloat16 (fp32 accumulation).
+template <class Arch = simd::default_arch, policy P, class Observer = null_observer>
+  requires observer<Observer>
+void attention(const P& pol, tensor_view<const float> q, tensor_view<const bfloat16> k,
+               tensor_view<const bfloat16> v, tensor_view<float> out, const options& opt = {}, Observer&& obs = {}) {
+  detail::attention_impl<Arch>(pol, q, k, v, out, opt, obs);
+}
+
+/// K/V stored as IEEE float16 (fp32 accumulation).
+template <class Arch = simd::default_arch, policy P, class Observer = null_observer>
+  requires observer<Observer>
+void attention(const P& pol, tensor_view<const float> q, tensor_view<const float16> k,
+               tensor_view<const float16> v, tensor_view<float> out, const options& opt = {}, Observer&& obs = {}) {
+  detail::attention_impl<Arch>(pol, q, k, v, out, opt, obs);
 }
 
 }  // namespace attnkit

@@ -17,6 +17,7 @@
 #include <numbers>
 
 #include "../core/aligned.hpp"
+#include "../core/dtype.hpp"
 #include "../core/mask.hpp"
 #include "../core/options.hpp"
 #include "../core/validate.hpp"
@@ -48,7 +49,8 @@ struct packed_kv {
 
   /// Packs into storage owned by the calling thread and reused across calls, so a
   /// steady stream of calls neither allocates nor page-faults. Only padding is zeroed.
-  void pack(const tensor_view<const float>& k, const tensor_view<const float>& v, int threads) {
+  template <class KV>
+  void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads) {
     thread_local aligned_vector<float> storage;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
     dim = k.dim();
@@ -63,11 +65,11 @@ struct packed_kv {
       float* kh = kt + bg * k_head_size();
       float* vh = vr + bg * v_head_size();
       for (index_t j = 0; j < Lk; ++j) {
-        const float* kr = k.row(b, g, j);
+        const KV* kr = k.row(b, g, j);
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
-        for (index_t d = 0; d < dim; ++d) panel[d * BN] = kr[d];
+        for (index_t d = 0; d < dim; ++d) panel[d * BN] = to_float(kr[d]);
         float* vrow = vh + j * vdim_padded;
-        std::memcpy(vrow, v.row(b, g, j), static_cast<std::size_t>(Dv) * sizeof(float));
+        widen(v.row(b, g, j), vrow, Dv);
         std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
       }
       for (index_t j = Lk; j < key_tiles * BN; ++j) {  // tail keys: zero K columns and V rows
@@ -453,9 +455,9 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
 }
 
 /// Entry of the quadratic skeleton (called by attention() after validation).
-template <class Arch, class Pol, class Obs>
+template <class Arch, class Pol, class Obs, class KV>
 void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
-                   const tensor_view<const float>& k, const tensor_view<const float>& v, const tensor_view<float>& out,
+                   const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
                    const options& opt, Obs& obs) {
   if (sh.batch == 0 || sh.q_heads == 0 || sh.q_len == 0) return;
   const int threads = resolve_num_threads(opt.num_threads);
