@@ -42,10 +42,10 @@ inline bool overlaps(std::pair<const char*, const char*> a, std::pair<const char
 /// Extents non-negative, strides non-negative, data present when non-empty.
 template <class T>
 void check_view_basics(const std::string& name, const tensor_view<T>& t) {
-  for (int a = 0; a < 4; ++a) {
+  for (int a = 0; a < 4; ++a)
     if (t.extent[a] < 0) fail(name, std::string("extent '") + axis_name(a) + "'", ">= 0", t.extent[a]);
+  for (int a = 0; a < 4; ++a)
     if (t.stride[a] < 0) fail(name, std::string("stride '") + axis_name(a) + "'", ">= 0", t.stride[a]);
-  }
   if (!t.empty() && t.data == nullptr) fail(name, "data", "a non-null pointer for a non-empty view", "nullptr");
 }
 
@@ -118,7 +118,7 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
     detail::check_unit_dim_stride("v", v);
     detail::check_unit_dim_stride("out", out);
   }
-  for (int a = 0; a < 4; ++a)
+  for (int a = 0; a < 4 && !out.empty(); ++a)
     if (out.extent[a] > 1 && out.stride[a] == 0)
       fail("out", std::string("stride '") + detail::axis_name(a) + "'", "> 0 (outputs may not broadcast)", 0);
 

@@ -1,0 +1,154 @@
+// Kernel properties that need no oracle: determinism across thread counts,
+// exact partial merges, 16-bit K/V storage, packed variable-length batches.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <limits>
+
+#include "support.hpp"
+
+using namespace attnkit;
+using attnkit_test::max_abs;
+using attnkit_test::max_abs_diff;
+using attnkit_test::problem;
+
+namespace {
+template <class T>
+tensor_view<T> keys_slice(tensor_view<T> t, index_t from, index_t len) {
+  t.data += from * t.stride[seq_axis];
+  t.extent[seq_axis] = len;
+  return t;
+}
+}  // namespace
+
+TEST_CASE("kernels are bitwise identical for 1, 2, 3 and 16 threads", "[determinism]") {
+  struct shape {
+    index_t B, Hq, Hkv, Lq, Lk, D;
+  };
+  for (const shape s : {shape{2, 4, 2, 301, 517, 64}, shape{1, 8, 2, 1, 2100, 128}, shape{3, 2, 1, 2, 1000, 40}}) {
+    problem p(s.B, s.Hq, s.Hkv, s.Lq, s.Lk, s.D, s.D, 11);
+    for (int variant = 0; variant < 2; ++variant) {
+      std::vector<float> ref(p.out_size()), out(p.out_size());
+      options o;
+      o.causal = causal::bottom_right;
+      o.num_threads = 1;
+      if (variant == 0)
+        attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(ref), o);
+      else
+        attention(sigmoid{}, p.qv(), p.kv(), p.vv(), p.ov(ref), o);
+      for (int threads : {2, 3, 16, 1}) {
+        o.num_threads = threads;
+        std::fill(out.begin(), out.end(), -1.0f);
+        if (variant == 0)
+          attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o);
+        else
+          attention(sigmoid{}, p.qv(), p.kv(), p.vv(), p.ov(out), o);
+        INFO("threads " << threads << " Lq " << s.Lq << " variant " << variant);
+        CHECK(std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("merge_partials of two key halves equals the whole (prefill and decode)", "[merge]") {
+  // Tolerance: 2e-6 × max|out| (two fp32 results combined with fp32 weights).
+  for (index_t Lq : {index_t{1}, index_t{77}}) {
+    problem p(2, 4, 2, Lq, 300, 32, 24, 21);
+    std::vector<float> whole(p.out_size()), o1(p.out_size()), o2(p.out_size()), merged(p.out_size());
+    const std::size_t rows = static_cast<std::size_t>(p.B * p.Hq * Lq);
+    std::vector<float> lse(rows), lse1(rows), lse2(rows), lsem(rows);
+    options o;
+    o.lse = lse.data();
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(whole), o);
+    const index_t split = 123;
+    o.lse = lse1.data();
+    attention(softmax{}, p.qv(), keys_slice(p.kv(), 0, split), keys_slice(p.vv(), 0, split), p.ov(o1), o);
+    o.lse = lse2.data();
+    attention(softmax{}, p.qv(), keys_slice(p.kv(), split, 300 - split), keys_slice(p.vv(), split, 300 - split),
+              p.ov(o2), o);
+    merge_partials(p.ov(o1), lse1.data(), p.ov(o2), lse2.data(), p.ov(merged), lsem.data());
+    CHECK(max_abs_diff(merged, whole) <= 2e-6 * max_abs(whole));
+    for (std::size_t r = 0; r < rows; ++r) CHECK(lsem[r] == Approx(lse[r]).epsilon(1e-6));
+  }
+  SECTION("a fully-masked side contributes nothing") {
+    problem p(1, 1, 1, 2, 4, 8, 8, 5);
+    std::vector<float> o1(p.out_size(), 1.0f), o2(p.out_size(), std::numeric_limits<float>::quiet_NaN()),
+        m(p.out_size());
+    const float ninf = -std::numeric_limits<float>::infinity();
+    float l1[2] = {0.5f, ninf}, l2[2] = {ninf, ninf}, lm[2];
+    merge_partials(p.ov(o1), l1, p.ov(o2), l2, p.ov(m), lm);
+    for (int d = 0; d < 8; ++d) CHECK(m[static_cast<std::size_t>(d)] == 1.0f);
+    for (int d = 8; d < 16; ++d) CHECK(m[static_cast<std::size_t>(d)] == 0.0f);
+    CHECK(lm[0] == 0.5f);
+    CHECK(lm[1] == ninf);
+  }
+}
+
+TEMPLATE_TEST_CASE("16-bit K/V storage equals float K/V holding the same values", "[dtype]", bfloat16, float16) {
+  for (index_t Lq : {index_t{1}, index_t{90}}) {
+    problem p(1, 4, 2, Lq, 700, 40, 24, 31);
+    std::vector<TestType> kh(p.k.size()), vh(p.v.size());
+    for (std::size_t i = 0; i < p.k.size(); ++i) {
+      kh[i] = TestType::from_float(p.k[i]);
+      p.k[i] = kh[i].to_float();
+    }
+    for (std::size_t i = 0; i < p.v.size(); ++i) {
+      vh[i] = TestType::from_float(p.v[i]);
+      p.v[i] = vh[i].to_float();
+    }
+    std::vector<float> a(p.out_size()), b(p.out_size());
+    attention(softmax{}, p.qv(), bhsd(static_cast<const TestType*>(kh.data()), 1, 2, 700, 40),
+              bhsd(static_cast<const TestType*>(vh.data()), 1, 2, 700, 24), p.ov(a));
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(b));
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("16-bit conversions round to nearest even and keep specials", "[dtype]") {
+  CHECK(bfloat16::from_float(1.0f).bits == 0x3f80);
+  CHECK(bfloat16::from_float(1.00390625f).bits == 0x3f80);  // halfway: ties to even
+  CHECK(bfloat16::from_float(1.01171875f).bits == 0x3f82);  // halfway: ties to even (up)
+  CHECK(std::isnan(bfloat16::from_float(std::numeric_limits<float>::quiet_NaN()).to_float()));
+  CHECK(float16::from_float(1.0f).bits == 0x3c00);
+  CHECK(float16::from_float(65504.0f).bits == 0x7bff);
+  CHECK(float16::from_float(1e6f).bits == 0x7c00);
+  CHECK(float16::from_float(5.9604645e-8f).bits == 0x0001);  // smallest subnormal
+  CHECK(float16::from_float(-2.0f).to_float() == -2.0f);
+  for (std::uint32_t b = 0; b < 0x7c00; b += 7) {  // every finite half round-trips
+    const float16 h{static_cast<std::uint16_t>(b)};
+    CHECK(float16::from_float(h.to_float()).bits == h.bits);
+  }
+}
+
+TEST_CASE("attention_varlen equals per-sequence calls", "[varlen]") {
+  const std::int64_t cu_q[] = {0, 5, 5, 40, 41};
+  const std::int64_t cu_k[] = {0, 9, 12, 50, 130};
+  problem p(1, 4, 2, 41, 130, 16, 8, 41);
+  std::vector<float> out(p.out_size()), lse(4 * 41);
+  options o;
+  o.causal = causal::bottom_right;
+  o.lse = lse.data();
+  attention_varlen(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), cu_q, cu_k, o);
+  for (int b = 0; b < 4; ++b) {
+    const index_t lq = cu_q[b + 1] - cu_q[b], lk = cu_k[b + 1] - cu_k[b];
+    if (lq == 0) continue;
+    std::vector<float> one(static_cast<std::size_t>(4 * lq * 8)), l1(static_cast<std::size_t>(4 * lq));
+    options o1;
+    o1.causal = causal::bottom_right;
+    o1.lse = l1.data();
+    attention(softmax{}, keys_slice(p.qv(), cu_q[b], lq), keys_slice(p.kv(), cu_k[b], lk),
+              keys_slice(p.vv(), cu_k[b], lk), bhsd(one.data(), 1, 4, lq, 8), o1);
+    for (index_t h = 0; h < 4; ++h)
+      for (index_t i = 0; i < lq; ++i) {
+        for (index_t d = 0; d < 8; ++d)
+          CHECK(one[static_cast<std::size_t>((h * lq + i) * 8 + d)] ==
+                out[static_cast<std::size_t>((h * 41 + cu_q[b] + i) * 8 + d)]);
+        CHECK(l1[static_cast<std::size_t>(h * lq + i)] == lse[static_cast<std::size_t>(h * 41 + cu_q[b] + i)]);
+      }
+  }
+  std::vector<float> untouched(p.out_size(), 7.0f);
+  const std::int64_t bad[] = {0, 5, 3, 40, 41};
+  CHECK_THROWS_WITH(attention_varlen(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(untouched), bad, cu_k),
+                    Catch::Contains("cu_seqlens_q") && Catch::Contains("non-decreasing"));
+  for (float x : untouched) REQUIRE(x == 7.0f);
+}

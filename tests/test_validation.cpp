@@ -1,0 +1,186 @@
+// Every invalid argument throws attnkit::invalid_argument_error naming the
+// argument, before any output is written (the output buffer is checked intact).
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "support.hpp"
+
+using namespace attnkit;
+using attnkit_test::problem;
+
+namespace {
+constexpr float sentinel = 12345.0f;
+
+/// Runs `call(opt-adjusted...)` and checks it throws for `arg` and leaves out untouched.
+template <class F>
+void expect_rejected(const std::string& arg, const std::string& fragment, std::vector<float>& out, F&& call) {
+  std::fill(out.begin(), out.end(), sentinel);
+  bool thrown = false;
+  try {
+    call();
+  } catch (const invalid_argument_error& e) {
+    thrown = true;
+    INFO("message: " << e.what());
+    CHECK(e.argument() == arg);
+    CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    CHECK(std::string(e.what()).find("expected") != std::string::npos);
+  }
+  CHECK(thrown);
+  for (float x : out) REQUIRE(x == sentinel);
+}
+}  // namespace
+
+TEST_CASE("validation: the error type is a std::invalid_argument", "[validation]") {
+  problem p(1, 2, 1, 4, 5, 8, 8, 1);
+  std::vector<float> out(p.out_size());
+  auto k = attnkit::bhsd(p.k.data(), 1, 1, 5, 4);  // wrong head dim
+  CHECK_THROWS_AS(attention(softmax{}, p.qv(), k, attnkit::bhsd(p.v.data(), 1, 1, 5, 8), p.ov(out)),
+                  std::invalid_argument);
+}
+
+TEST_CASE("validation: shape mismatches name the argument", "[validation]") {
+  problem p(2, 4, 2, 6, 7, 8, 5, 2);
+  std::vector<float> out(p.out_size()), big(4096);
+  const float* q = p.q.data();
+  const float* k = p.k.data();
+  const float* v = p.v.data();
+
+  expect_rejected("k", "dim", out, [&] {
+    attention(softmax{}, p.qv(), attnkit::bhsd(k, 2, 2, 7, 4), p.vv(), p.ov(out));
+  });
+  expect_rejected("k", "batch", out, [&] {
+    attention(softmax{}, p.qv(), attnkit::bhsd(k, 1, 2, 7, 8), p.vv(), p.ov(out));
+  });
+  expect_rejected("k", "heads", out, [&] {  // 4 % 3 != 0
+    attention(softmax{}, p.qv(), attnkit::bhsd(k, 2, 3, 7, 8), attnkit::bhsd(v, 2, 3, 7, 5), p.ov(out));
+  });
+  expect_rejected("v", "seq", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), attnkit::bhsd(v, 2, 2, 6, 5), p.ov(out));
+  });
+  expect_rejected("v", "heads", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), attnkit::bhsd(v, 2, 1, 7, 5), p.ov(out));
+  });
+  expect_rejected("out", "dim", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::bhsd(out.data(), 2, 4, 6, 4));
+  });
+  expect_rejected("out", "seq", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::bhsd(out.data(), 2, 4, 5, 5));
+  });
+  expect_rejected("q", "dim", out, [&] {  // zero head dim
+    attention(softmax{}, attnkit::bhsd(q, 2, 4, 6, 0), attnkit::bhsd(k, 2, 2, 7, 0), p.vv(), p.ov(out));
+  });
+  expect_rejected("q", "extent", out, [&] {  // negative extent
+    attention(softmax{}, attnkit::bhsd(q, 2, 4, -6, 8), p.kv(), p.vv(), p.ov(out));
+  });
+  expect_rejected("q", "data", out, [&] {
+    attention(softmax{}, attnkit::bhsd(static_cast<const float*>(nullptr), 2, 4, 6, 8), p.kv(), p.vv(), p.ov(out));
+  });
+  expect_rejected("k", "data", out, [&] {
+    attention(softmax{}, p.qv(), attnkit::bhsd(static_cast<const float*>(nullptr), 2, 2, 7, 8), p.vv(), p.ov(out));
+  });
+  expect_rejected("q", "stride 'dim'", out, [&] {
+    auto qs = attnkit::strided(q, {2, 4, 6, 4}, {4 * 6 * 8, 6 * 8, 8, 2});
+    attention(softmax{}, qs, attnkit::bhsd(k, 2, 2, 7, 4), p.vv(), p.ov(out));
+  });
+}
+
+TEST_CASE("validation: invalid options name the option", "[validation]") {
+  problem p(2, 4, 2, 6, 7, 8, 5, 3);
+  std::vector<float> out(p.out_size());
+  auto call = [&](const options& o) { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); };
+
+  options o;
+  o.window = {-2, 3};
+  expect_rejected("options.window", "left", out, [&] { call(o); });
+  o = {};
+  o.softcap = -1.0f;
+  expect_rejected("options.softcap", "", out, [&] { call(o); });
+  o = {};
+  o.scale = std::numeric_limits<double>::infinity();
+  expect_rejected("options.scale", "", out, [&] { call(o); });
+  o = {};
+  o.num_threads = -3;
+  expect_rejected("options.num_threads", "", out, [&] { call(o); });
+
+  const std::int64_t lens_short[1] = {3};
+  o = {};
+  o.key_lengths = lens_short;
+  expect_rejected("options.key_lengths", "size", out, [&] { call(o); });
+  const std::int64_t lens_big[2] = {3, 8};
+  o.key_lengths = lens_big;
+  expect_rejected("options.key_lengths", "element 1", out, [&] { call(o); });
+
+  const float slopes[3] = {1, 2, 3};
+  o = {};
+  o.alibi_slopes = slopes;
+  expect_rejected("options.alibi_slopes", "size", out, [&] { call(o); });
+  o = {};
+  o.sinks = slopes;
+  expect_rejected("options.sinks", "size", out, [&] { call(o); });
+
+  bool mask[2 * 3 * 6 * 7] = {};
+  o = {};
+  o.mask = attnkit::bhsd(static_cast<const bool*>(mask), 2, 3, 6, 7);  // 3 heads: neither 4 nor 1
+  expect_rejected("options.mask", "heads", out, [&] { call(o); });
+  o.mask = attnkit::bhsd(static_cast<const bool*>(mask), 1, 1, 6, 6);  // keys must match Lk
+  expect_rejected("options.mask", "keys", out, [&] { call(o); });
+  float bias[6 * 7] = {};
+  o = {};
+  o.bias = attnkit::bhsd(static_cast<const float*>(bias), 1, 1, 7, 7);
+  expect_rejected("options.bias", "seq", out, [&] { call(o); });
+
+  std::vector<float> lse(2 * 4 * 6);
+  o = {};
+  o.lse = lse.data();
+  expect_rejected("options.lse", "", out, [&] { attention(sigmoid{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o = {};
+  const float sinks[4] = {0, 0, 0, 0};
+  o.sinks = sinks;
+  expect_rejected("options.sinks", "", out, [&] { attention(sigmoid{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+}
+
+TEST_CASE("validation: output aliasing an input is rejected", "[validation]") {
+  problem p(1, 2, 2, 8, 8, 8, 8, 4);
+  std::vector<float> out(p.out_size());
+  std::vector<float> shared = p.q;  // out written over q's buffer
+  auto q = attnkit::bhsd(static_cast<const float*>(shared.data()), 1, 2, 8, 8);
+  const std::vector<float> before = shared;
+  bool thrown = false;
+  try {
+    attention(softmax{}, q, p.kv(), p.vv(), attnkit::bhsd(shared.data() + 3, 1, 2, 8, 8));
+  } catch (const invalid_argument_error& e) {
+    thrown = true;
+    CHECK(e.argument() == "out");
+    CHECK(std::string(e.what()).find("overlap with q") != std::string::npos);
+  }
+  CHECK(thrown);
+  CHECK(shared == before);
+  // A broadcasting (stride 0) output is rejected too.
+  expect_rejected("out", "stride", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::strided(out.data(), {1, 2, 8, 8}, {0, 0, 8, 1}));
+  });
+}
+
+TEST_CASE("validation: empty sequences are valid", "[validation]") {
+  SECTION("Lq = 0 is a no-op") {
+    problem p(1, 2, 2, 0, 5, 8, 8, 5);
+    std::vector<float> out(1, sentinel);
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::bhsd(out.data(), 1, 2, 0, 8));
+    CHECK(out[0] == sentinel);
+  }
+  SECTION("Lk = 0 follows the masked-row policy") {
+    problem p(1, 2, 2, 3, 0, 8, 8, 6);
+    std::vector<float> out(p.out_size(), sentinel), lse(6, 0.0f);
+    options o;
+    o.lse = lse.data();
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o);
+    for (float x : out) CHECK(x == 0.0f);
+    for (float x : lse) CHECK(x == -std::numeric_limits<float>::infinity());
+    o.masked_rows = masked_rows::nan;
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o);
+    for (float x : out) CHECK(std::isnan(x));
+  }
+}
