@@ -249,6 +249,41 @@ void observe_tile(int K, Sc& sc, int r0, index_t j0, typename simd::ops<Arch>::v
   }
 }
 
+/// Vector form of apply_elementwise for tiles wholly inside [0, Lk): works on the
+/// register tile, loading bias and mask rows as vectors.
+template <class Arch, int R, int NC>
+inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], index_t row0, index_t j0,
+                                   const options& opt, index_t b, index_t h, batch_keys bk, const index_t* lo,
+                                   const index_t* hi, index_t* count) {
+  using O = simd::ops<Arch>;
+  using vf = typename O::vf;
+  constexpr int W = O::width;
+  const float cap = opt.softcap;
+  const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)] * log2e;
+  const vf io = O::iota(static_cast<float>(j0));
+  for (int r = 0; r < R; ++r) {
+    const index_t i = row0 + r;
+    const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
+    const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
+    const float flo = static_cast<float>(lo[r]), fhi = static_cast<float>(hi[r]);
+    const vf diag = O::set1(static_cast<float>(i + bk.delta));
+    float n = 0.0f;
+    for (int c = 0; c < NC; ++c) {
+      const vf idx = io + O::set1(static_cast<float>(c * W));
+      const index_t j = j0 + c * W;
+      vf x = acc[r][c];
+      if (cap > 0.0f) x = O::set1(cap * log2e) * O::tanh(x * O::set1(ln2 / cap));
+      if (brow) x = O::fma(O::load(brow + j), O::set1(log2e), x);
+      if (slope != 0.0f) x = x - O::set1(slope) * O::abs(diag - idx);
+      x = O::mask_range(x, idx, flo, fhi);
+      if (mrow) x = O::mask_bool(x, mrow + j);
+      n += O::count_finite(x);
+      acc[r][c] = x;
+    }
+    count[r] += static_cast<index_t>(n);
+  }
+}
+
 /// One strip of R rows against one key tile: S, mask, weights, O update.
 template <class Arch, class Pol, class Obs, int R, bool Masked>
 void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
@@ -266,7 +301,10 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
   simd::qk_tile<Arch, R, NC>(sc.q.data() + r0 * D, D, kpanel, D, acc);
 
   if constexpr (Masked) {
-    if (c.elementwise) {
+    if (c.elementwise && j0 + BN <= c.shape.k_len) {
+      apply_elementwise_tile<Arch, R, NC>(acc, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
+                                          sc.count.data() + r0);
+    } else if (c.elementwise) {  // the tile crosses Lk: bias/mask rows end inside it
       float* t = sc.tile.data();
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) O::store(t + r * BN + k * W, acc[r][k]);

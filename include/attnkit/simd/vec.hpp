@@ -87,7 +87,28 @@ struct ops {
   }
   static vf exp2_precise(vf x) noexcept { return xsimd::exp2(x); }
   static vf log1p(vf x) noexcept { return xsimd::log1p(x); }
+  static vf tanh(vf x) noexcept { return xsimd::tanh(x); }
+  static vf abs(vf x) noexcept { return xsimd::abs(x); }
   static float first_lane(vf x) noexcept { return x.get(0); }
+  /// x where keep[lane] is true, else −inf (boolean attention mask, true = attend).
+  static vf mask_bool(vf x, const bool* keep) noexcept {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep));
+      return _mm512_mask_blend_ps(_mm_test_epi8_mask(b, b), _mm512_set1_ps(-std::numeric_limits<float>::infinity()),
+                                  x);
+    }
+#endif
+    alignas(64) float t[width];
+    x.store_unaligned(t);
+    for (int i = 0; i < width; ++i)
+      if (!keep[i]) t[i] = -std::numeric_limits<float>::infinity();
+    return vf::load_unaligned(t);
+  }
+  /// Number of lanes that are not −inf.
+  static float count_finite(vf x) noexcept {
+    return xsimd::hadd(xsimd::select(x != vf(-std::numeric_limits<float>::infinity()), vf(1.0f), vf(0.0f)));
+  }
 };
 
 /// Scalar fallback: the same vocabulary over plain floats.
@@ -124,7 +145,13 @@ struct ops<scalar> {
   }
   static vf exp2_precise(vf x) noexcept { return std::exp2(x); }
   static vf log1p(vf x) noexcept { return std::log1p(x); }
+  static vf tanh(vf x) noexcept { return std::tanh(x); }
+  static vf abs(vf x) noexcept { return std::abs(x); }
   static float first_lane(vf x) noexcept { return x; }
+  static vf mask_bool(vf x, const bool* keep) noexcept {
+    return *keep ? x : -std::numeric_limits<float>::infinity();
+  }
+  static float count_finite(vf x) noexcept { return x != -std::numeric_limits<float>::infinity() ? 1.0f : 0.0f; }
 };
 
 }  // namespace attnkit::simd
