@@ -142,8 +142,11 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     }
     if (elementwise)
       for (index_t r = 0; r < rows; ++r)
-        apply_elementwise(S + r * len, len, len, 1, r % Lq, j0, opt, b, g * G + r / Lq, bk, &sc.lo[r], &sc.hi[r],
-                          &sc.count[r]);
+        apply_elementwise(S + r * len, len, len, 1, r % Lq, j0, opt, b, g * G + r / Lq, bk, &sc.lo[r], &sc.hi[r]);
+    if constexpr (Obs::enabled)
+      if (elementwise)
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t j = 0; j < len; ++j) sc.count[r] += S[r * len + j] != neg_inf;
     if constexpr (Obs::enabled)
       for (index_t r = 0; r < rows; ++r) {
         float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;

@@ -92,9 +92,23 @@ inline block_scratch& thread_scratch() {
   return s;
 }
 
+/// How a key tile relates to the rows of a strip, as a pattern sees it.
+enum class tile_class : unsigned char { empty, partial, full };
+
+/// The key-set hook of the quadratic skeleton. A pattern adapter (kernel/pattern.hpp)
+/// provides, for head (b, h):
+///   key_range hull(b, h, i)                  — a key interval containing row i's keys
+///   tile_class classify(b, h, i0, i1, j0, j1) — analytic class of rows [i0,i1) × keys [j0,j1)
+///   bool allowed(b, h, i, j)                 — element test, used on partial tiles only
+/// intersected with the options' own masks. `no_pattern` is the plain call.
+struct no_pattern {
+  static constexpr bool active = false;
+};
+
 /// Everything a task needs to know about the call, resolved once.
-template <class Arch, class Pol>
+template <class Arch, class Pol, class Keys = no_pattern>
 struct quadratic_call {
+  const Keys& keys;
   const Pol& pol;
   const problem_shape& shape;
   const tensor_view<const float>& q;
@@ -104,6 +118,10 @@ struct quadratic_call {
   float q_scale = 1.0f;    ///< τ·log2(e)
   bool elementwise = false;  ///< mask / bias / ALiBi / softcap present
   int obs_topk = 0;          ///< top-k logits the observer wants per row (0: none)
+  int block_rows = 0;        ///< query rows per task (a multiple of the strip height)
+  /// Allowed-key counts come from counting finite logits (masks, patterns) rather
+  /// than from the analytic interval.
+  bool count_dynamic = false;
 };
 
 template <class Pol>
@@ -115,10 +133,10 @@ constexpr bool use_precise_exp(const Pol& pol) {
 }
 
 /// Element path: applies range mask, soft-capping, bias, ALiBi and the boolean
-/// mask to one R×BN tile held in `tile` (log2-scaled logits), counting allowed keys.
+/// mask to one R×len tile held in `tile` (log2-scaled logits).
 inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int R, index_t row0, index_t j0,
                               const options& opt, index_t b, index_t h, batch_keys bk, const index_t* lo,
-                              const index_t* hi, index_t* count) {
+                              const index_t* hi) {
   const float cap = opt.softcap;
   const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)];
   for (int r = 0; r < R; ++r) {
@@ -137,7 +155,6 @@ inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int
       if (brow) x += brow[j] * log2e;
       if (slope != 0.0f) x -= slope * static_cast<float>(std::abs(i + bk.delta - j)) * log2e;
       s[jj] = x;
-      count[r] += (x != neg_inf);
     }
   }
 }
@@ -254,7 +271,7 @@ void observe_tile(int K, Sc& sc, int r0, index_t j0, typename simd::ops<Arch>::v
 template <class Arch, int R, int NC>
 inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], index_t row0, index_t j0,
                                    const options& opt, index_t b, index_t h, batch_keys bk, const index_t* lo,
-                                   const index_t* hi, index_t* count) {
+                                   const index_t* hi) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   constexpr int W = O::width;
@@ -267,7 +284,6 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
     const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
     const float flo = static_cast<float>(lo[r]), fhi = static_cast<float>(hi[r]);
     const vf diag = O::set1(static_cast<float>(i + bk.delta));
-    float n = 0.0f;
     for (int c = 0; c < NC; ++c) {
       const vf idx = io + O::set1(static_cast<float>(c * W));
       const index_t j = j0 + c * W;
@@ -277,17 +293,16 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
       if (slope != 0.0f) x = x - O::set1(slope) * O::abs(diag - idx);
       x = O::mask_range(x, idx, flo, fhi);
       if (mrow) x = O::mask_bool(x, mrow + j);
-      n += O::count_finite(x);
       acc[r][c] = x;
     }
-    count[r] += static_cast<index_t>(n);
   }
 }
 
 /// One strip of R rows against one key tile: S, mask, weights, O update.
-template <class Arch, class Pol, class Obs, int R, bool Masked>
-void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
-                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2) {
+template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
+void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
+                bool pattern_partial) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   using tile = simd::tile_shape<Arch>;
@@ -302,14 +317,12 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
 
   if constexpr (Masked) {
     if (c.elementwise && j0 + BN <= c.shape.k_len) {
-      apply_elementwise_tile<Arch, R, NC>(acc, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
-                                          sc.count.data() + r0);
+      apply_elementwise_tile<Arch, R, NC>(acc, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
     } else if (c.elementwise) {  // the tile crosses Lk: bias/mask rows end inside it
       float* t = sc.tile.data();
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) O::store(t + r * BN + k * W, acc[r][k]);
-      apply_elementwise(t, BN, BN, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
-                            sc.count.data() + r0);
+      apply_elementwise(t, BN, BN, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + r * BN + k * W);
     } else {
@@ -319,6 +332,26 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
         for (int k = 0; k < NC; ++k) acc[r][k] = O::mask_range(acc[r][k], io + O::set1(float(k * W)), lo, hi);
       }
     }
+    if constexpr (Keys::active) {
+      if (pattern_partial) {  // the pattern's element test on a tile it calls partial
+        alignas(64) float t[NC * W];
+        for (int r = 0; r < R; ++r) {
+          for (int k = 0; k < NC; ++k) O::store(t + k * W, acc[r][k]);
+          for (int jj = 0; jj < NC * W; ++jj)
+            if (!c.keys.allowed(b, h, row0 + r0 + r, j0 + jj)) t[jj] = neg_inf;
+          for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + k * W);
+        }
+      }
+    }
+  }
+  (void)pattern_partial;
+  if constexpr (Obs::enabled) {
+    if (c.count_dynamic)
+      for (int r = 0; r < R; ++r) {
+        float n = 0.0f;
+        for (int k = 0; k < NC; ++k) n += O::count_finite(acc[r][k]);
+        sc.count[r0 + r] += static_cast<index_t>(n);
+      }
   }
 
   if constexpr (Obs::enabled) observe_tile<Arch, R, NC>(c.obs_topk, sc, r0, j0, acc);
@@ -391,14 +424,14 @@ void strip_step(const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, i
 }
 
 
-template <class Arch, class Pol, class Obs, int R>
-void strip_dispatch(bool masked, const quadratic_call<Arch, Pol>& c, block_scratch& sc, int r0, index_t row0,
+template <class Arch, class Pol, class Obs, int R, class Keys>
+void strip_dispatch(bool masked, const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0,
                     index_t j0, const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk,
-                    float bias2) {
+                    float bias2, bool pattern_partial) {
   if (masked)
-    strip_step<Arch, Pol, Obs, R, true>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2);
+    strip_step<Arch, Pol, Obs, R, true>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial);
   else
-    strip_step<Arch, Pol, Obs, R, false>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2);
+    strip_step<Arch, Pol, Obs, R, false>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, false);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -406,9 +439,19 @@ void strip_dispatch(bool masked, const quadratic_call<Arch, Pol>& c, block_scrat
 template <class Arch>
 inline constexpr int block_rows = 24 * simd::tile_shape<Arch>::rows;
 
+/// Rows per task for a call: the L2-sized default, smaller when every row sees a
+/// narrow band of keys (a local window), so tiles outside the band stay rare.
+template <class Arch>
+inline int choose_block_rows(index_t band) {
+  constexpr int MR = simd::tile_shape<Arch>::rows;
+  if (band <= 0) return block_rows<Arch>;
+  const index_t rows = std::clamp<index_t>(band / 4, 4 * MR, block_rows<Arch>);
+  return static_cast<int>(rows / MR * MR);
+}
+
 /// One task: query rows [row0, row0 + n) of head (b, h).
-template <class Arch, class Pol, class Obs>
-void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t h, index_t row0, int n) {
+template <class Arch, class Pol, class Obs, class Keys>
+void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, index_t h, index_t row0, int n) {
   using tile = simd::tile_shape<Arch>;
   constexpr int MR = tile::rows, BN = tile::keys;
   constexpr bool normalized = Pol::normalized;
@@ -442,10 +485,15 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
     const float* qr = c.q.row(b, h, row0 + r);
     float* dst = sc.q.data() + r * D;
     for (index_t d = 0; d < D; ++d) dst[d] = qr[d] * c.q_scale;
-    const key_range kr = analytic_range(opt, bk, row0 + r);
+    key_range kr = analytic_range(opt, bk, row0 + r);
+    if constexpr (Keys::active) {
+      const key_range pr = c.keys.hull(b, h, row0 + r);
+      kr.lo = std::max(kr.lo, pr.lo);
+      kr.hi = std::max(kr.lo, std::min(kr.hi, pr.hi));
+    }
     sc.lo[r] = kr.lo;
     sc.hi[r] = kr.hi;
-    sc.count[r] = c.elementwise ? 0 : kr.size();
+    sc.count[r] = c.count_dynamic ? 0 : kr.size();
     if (kr.size() > 0) {
       lo_min = std::min(lo_min, kr.lo);
       hi_max = std::max(hi_max, kr.hi);
@@ -475,14 +523,21 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
         hi_hi = std::max(hi_hi, sc.hi[r]);
       }
       if (hi_hi <= j0 || lo_lo >= j0 + BN || hi_hi <= lo_lo) continue;  // empty for every row
-      const bool full = lo_hi <= j0 && hi_lo >= j0 + BN && !c.elementwise;
+      bool full = lo_hi <= j0 && hi_lo >= j0 + BN && !c.elementwise;
+      bool pp = false;
+      if constexpr (Keys::active) {
+        const tile_class tc = c.keys.classify(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
+        if (tc == tile_class::empty) continue;
+        pp = tc == tile_class::partial;
+        full = full && !pp;
+      }
       switch (R) {
-        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
-        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
-        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
-        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
-        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
-        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2); break;
+        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
+        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
+        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
+        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
+        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
+        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
       }
     }
   }
@@ -493,22 +548,29 @@ void run_block(const quadratic_call<Arch, Pol>& c, Obs& obs, index_t b, index_t 
 }
 
 /// Entry of the quadratic skeleton (called by attention() after validation).
-template <class Arch, class Pol, class Obs, class KV>
+template <class Arch, class Pol, class Obs, class KV, class Keys = no_pattern>
 void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                    const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                   const options& opt, Obs& obs) {
+                   const options& opt, Obs& obs, const Keys& keys = {}, index_t band = 0) {
   if (sh.batch == 0 || sh.q_heads == 0 || sh.q_len == 0) return;
   const int threads = resolve_num_threads(opt.num_threads);
   packed_kv<Arch> kv;
   kv.pack(k, v, threads);
 
-  quadratic_call<Arch, Pol> c{pol, sh, q, out, opt, kv};
+  quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, kv};
   const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
   c.q_scale = static_cast<float>(tau * std::numbers::log2e);
   c.elementwise = has_elementwise_terms(opt);
   if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
-
-  constexpr int BM = block_rows<Arch>;
+  c.count_dynamic = c.elementwise || Keys::active;
+  // A local window (options or pattern) bounds the keys each row sees.
+  const bool right_bounded = opt.window.right >= 0 || opt.causal != causal::none;
+  if (opt.window.left >= 0 && right_bounded) {
+    const index_t w = opt.window.left + std::max<index_t>(opt.window.right, 0) + 1;
+    band = band > 0 ? std::min(band, w) : w;
+  }
+  c.block_rows = choose_block_rows<Arch>(band);
+  const int BM = c.block_rows;
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;
   const index_t heads = sh.batch * sh.q_heads;
   // Later query blocks see more keys under causal masks: hand them out first.
