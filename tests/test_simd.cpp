@@ -1,0 +1,106 @@
+// The SIMD layer on every architecture this build can run: exp2 accuracy,
+// reductions, masking, and the two register micro-kernels against plain loops.
+#include <catch2/catch.hpp>
+
+#include <attnkit/simd/microkernel.hpp>
+
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace attnkit;
+
+namespace {
+/// Distance in units in the last place between two finite floats of the same sign.
+std::int64_t ulp_distance(float a, float b) {
+  const auto ia = static_cast<std::int64_t>(std::bit_cast<std::int32_t>(a));
+  const auto ib = static_cast<std::int64_t>(std::bit_cast<std::int32_t>(b));
+  return ia > ib ? ia - ib : ib - ia;
+}
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("exp2_fast is within 2 ulp of exp2 on the kernel's range", "[simd]", simd::compiled_archs) {
+  using O = simd::ops<TestType>;
+  constexpr int W = O::width;
+  INFO("arch " << simd::arch_name<TestType>());
+  std::int64_t worst = 0;
+  alignas(64) float in[64], out[64];
+  for (float x0 = -124.0f; x0 < 30.0f; x0 += 0.37f * W) {
+    for (int i = 0; i < W; ++i) in[i] = x0 + 0.37f * static_cast<float>(i) + 0.001f;
+    O::store(out, O::exp2_fast(O::load(in)));
+    for (int i = 0; i < W; ++i) worst = std::max(worst, ulp_distance(out[i], std::exp2(in[i])));
+  }
+  CHECK(worst <= 2);
+  // Underflow and masked lanes are exact zeros; 0 gives exactly 1.
+  for (int i = 0; i < W; ++i) in[i] = i % 2 ? -std::numeric_limits<float>::infinity() : -126.5f;
+  O::store(out, O::exp2_fast(O::load(in)));
+  for (int i = 0; i < W; ++i) CHECK(out[i] == 0.0f);
+  O::store(out, O::exp2_fast(O::set1(0.0f)));
+  CHECK(out[0] == 1.0f);
+}
+
+TEMPLATE_LIST_TEST_CASE("reductions, iota and masks", "[simd]", simd::compiled_archs) {
+  using O = simd::ops<TestType>;
+  constexpr int W = O::width;
+  alignas(64) float in[64], out[64];
+  for (int i = 0; i < W; ++i) in[i] = static_cast<float>((i * 7) % W) - 3.0f;
+  const auto v = O::load(in);
+  float mx = in[0], sum = 0;
+  for (int i = 0; i < W; ++i) {
+    mx = std::max(mx, in[i]);
+    sum += in[i];
+  }
+  CHECK(O::reduce_max(v) == mx);
+  CHECK(O::reduce_add(v) == Approx(sum));
+  O::store(out, O::mask_range(v, O::iota(10.0f), 11.0f, 13.0f));
+  for (int i = 0; i < W; ++i) {
+    const bool keep = 10 + i >= 11 && 10 + i < 13;
+    if (keep)
+      CHECK(out[i] == in[i]);
+    else
+      CHECK(out[i] == -std::numeric_limits<float>::infinity());
+  }
+  bool keep[64];
+  for (int i = 0; i < W; ++i) keep[i] = i % 3 == 0;
+  O::store(out, O::mask_bool(v, keep));
+  for (int i = 0; i < W; ++i) CHECK((keep[i] ? out[i] == in[i] : std::isinf(out[i])));
+  CHECK(O::count_finite(O::load(out)) == static_cast<float>((W + 2) / 3));
+}
+
+TEMPLATE_LIST_TEST_CASE("qk_tile and pv_tile equal plain loops", "[simd]", simd::compiled_archs) {
+  using O = simd::ops<TestType>;
+  using shape = simd::tile_shape<TestType>;
+  constexpr int R = shape::rows, NC = shape::key_vectors, W = O::width, BN = shape::keys;
+  const long D = 19;
+  const auto q = attnkit_test::randn(R * D, 1);
+  const auto kt = attnkit_test::randn(static_cast<std::size_t>(D * BN), 2);  // [D][BN]
+  typename O::vf acc[R][NC];
+  simd::qk_tile<TestType, R, NC>(q.data(), D, kt.data(), D, acc);
+  alignas(64) float row[BN];
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NC; ++c) O::store(row + c * W, acc[r][c]);
+    for (int j = 0; j < BN; ++j) {
+      double ref = 0;
+      for (long d = 0; d < D; ++d) ref += static_cast<double>(q[r * D + d]) * kt[d * BN + j];
+      CHECK(row[j] == Approx(ref).margin(1e-5));
+    }
+  }
+  // O[R][NV·W] = scale·O + P[R][keys]·V[keys][NV·W]
+  constexpr int NV = shape::value_vectors;
+  const long keys = 13, ldv = NV * W + 3, ldo = NV * W + 1;
+  const auto p = attnkit_test::randn(R * keys, 3);
+  const auto v = attnkit_test::randn(static_cast<std::size_t>(keys * ldv), 4);
+  auto o = attnkit_test::randn(static_cast<std::size_t>(R * ldo), 5);
+  const auto o0 = o;
+  const float scale[6] = {1.0f, 0.5f, 2.0f, 0.0f, 1.0f, 0.25f};
+  simd::pv_tile<TestType, R, NV>(p.data(), keys, v.data(), ldv, keys, o.data(), ldo, scale);
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < NV * W; ++d) {
+      double ref = scale[r] * o0[static_cast<std::size_t>(r * ldo + d)];
+      for (long j = 0; j < keys; ++j) ref += static_cast<double>(p[r * keys + j]) * v[j * ldv + d];
+      CHECK(o[static_cast<std::size_t>(r * ldo + d)] == Approx(ref).margin(1e-5));
+    }
+}
