@@ -44,30 +44,6 @@ inline void axpy(float p, const float* v, float* o, index_t n) noexcept {
   for (; d < n; ++d) o[d] += p * v[d];
 }
 
-/// Runtime (rows, vectors) -> compile-time pv_tile instance.
-template <class Arch, int R>
-inline void pv_rows_r(int nv, const float* p, index_t ps, const float* v, index_t vs, index_t keys, float* o,
-                      index_t os, const float* scale) {
-  switch (nv) {
-    case 4: simd::pv_tile<Arch, R, 4>(p, ps, v, vs, keys, o, os, scale); break;
-    case 3: simd::pv_tile<Arch, R, 3>(p, ps, v, vs, keys, o, os, scale); break;
-    case 2: simd::pv_tile<Arch, R, 2>(p, ps, v, vs, keys, o, os, scale); break;
-    default: simd::pv_tile<Arch, R, 1>(p, ps, v, vs, keys, o, os, scale); break;
-  }
-}
-template <class Arch>
-inline void pv_rows(int R, int nv, const float* p, index_t ps, const float* v, index_t vs, index_t keys, float* o,
-                    index_t os, const float* scale) {
-  switch (R) {
-    case 6: pv_rows_r<Arch, 6>(nv, p, ps, v, vs, keys, o, os, scale); break;
-    case 5: pv_rows_r<Arch, 5>(nv, p, ps, v, vs, keys, o, os, scale); break;
-    case 4: pv_rows_r<Arch, 4>(nv, p, ps, v, vs, keys, o, os, scale); break;
-    case 3: pv_rows_r<Arch, 3>(nv, p, ps, v, vs, keys, o, os, scale); break;
-    case 2: pv_rows_r<Arch, 2>(nv, p, ps, v, vs, keys, o, os, scale); break;
-    default: pv_rows_r<Arch, 1>(nv, p, ps, v, vs, keys, o, os, scale); break;
-  }
-}
-
 template <class Arch, class Pol, class Obs, class KV>
 void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
@@ -238,7 +214,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         float* o = partial + ((bg * chunks + ch) * rows + r0) * rec + 5;
         for (index_t dc = 0; dc < dfull;) {
           const index_t nv = std::min<index_t>(4, (dfull - dc) / W);
-          pv_rows<Arch>(R, static_cast<int>(nv), P, len, v0 + dc, vstride, keys, o + dc, rec, ones);
+          simd::pv_rows<Arch>(R, static_cast<int>(nv), P, len, v0 + dc, vstride, keys, o + dc, rec, ones);
           dc += nv * W;
         }
         for (int r = 0; r < R; ++r)

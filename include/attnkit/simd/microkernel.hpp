@@ -6,6 +6,8 @@
 ///   (a query element), the other is a vector load from the packed Kᵀ panel, so
 ///   R·NC accumulators stay in registers for the whole D loop (6×4 zmm on AVX-512).
 /// pv_tile:  O[R][NV·W] += P[R][BN] · V[BN][NV·W], broadcasting P, loading V rows.
+#include <type_traits>
+
 #include "vec.hpp"
 
 namespace attnkit::simd {
@@ -63,6 +65,59 @@ inline void pv_tile(const float* p, long p_stride, const float* v, long v_stride
   }
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NV; ++c) O::store(o + r * o_stride + c * W, acc[r][c]);
+}
+
+/// Runtime (rows, vectors) -> compile-time pv_tile instance.
+template <class Arch, int R>
+inline void pv_rows_r(int nv, const float* p, long ps, const float* v, long vs, long keys, float* o,
+                      long os, const float* scale) {
+  switch (nv) {
+    case 4: simd::pv_tile<Arch, R, 4>(p, ps, v, vs, keys, o, os, scale); break;
+    case 3: simd::pv_tile<Arch, R, 3>(p, ps, v, vs, keys, o, os, scale); break;
+    case 2: simd::pv_tile<Arch, R, 2>(p, ps, v, vs, keys, o, os, scale); break;
+    default: simd::pv_tile<Arch, R, 1>(p, ps, v, vs, keys, o, os, scale); break;
+  }
+}
+/// O[R][nv·W] = scale·O + P·V for any R <= 6 and nv >= 1 vectors (in passes of <= 4).
+template <class Arch>
+inline void pv_rows(int R, int nv, const float* p, long ps, const float* v, long vs, long keys, float* o,
+                    long os, const float* scale) {
+  constexpr int W = ops<Arch>::width;
+  for (int c = 0; c < nv; c += 4) {
+    const int n = nv - c < 4 ? nv - c : 4;
+    const float* vc = v + c * W;
+    float* oc = o + c * W;
+    switch (R) {
+      case 6: pv_rows_r<Arch, 6>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+      case 5: pv_rows_r<Arch, 5>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+      case 4: pv_rows_r<Arch, 4>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+      case 3: pv_rows_r<Arch, 3>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+      case 2: pv_rows_r<Arch, 2>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+      default: pv_rows_r<Arch, 1>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+    }
+  }
+}
+
+/// Runtime R -> qk_tile instance whose R×(NC·W) result is stored to `tile` (row stride NC·W).
+template <class Arch>
+inline void qk_rows(int R, const float* q, long q_stride, const float* kpanel, long d_len, float* tile) {
+  using O = ops<Arch>;
+  constexpr int NC = tile_shape<Arch>::key_vectors, W = O::width;
+  auto run = [&](auto rows) {
+    constexpr int RR = decltype(rows)::value;
+    typename O::vf acc[RR][NC];
+    qk_tile<Arch, RR, NC>(q, q_stride, kpanel, d_len, acc);
+    for (int r = 0; r < RR; ++r)
+      for (int c = 0; c < NC; ++c) O::store(tile + r * NC * W + c * W, acc[r][c]);
+  };
+  switch (R) {
+    case 6: run(std::integral_constant<int, 6>{}); break;
+    case 5: run(std::integral_constant<int, 5>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    default: run(std::integral_constant<int, 1>{}); break;
+  }
 }
 
 }  // namespace attnkit::simd

@@ -1,0 +1,204 @@
+#pragma once
+/// \file
+/// The kernelised (linear) skeleton: o_i = φ(q_i)ᵀS_i / (φ(q_i)ᵀz_i + ε) with
+/// S_i = Σ_{j<p_i} λ^{p_i−1−j} φ(k_j)v_jᵀ, z_i = Σ_{j<p_i} λ^{p_i−1−j} φ(k_j), where
+/// p_i is the number of keys row i sees (all of them when non-causal; the causal
+/// prefix, current token included, otherwise) and λ = 1 without decay.
+///
+/// Causal rows are processed in chunks of one key tile: the state (S, z) over the
+/// keys before the chunk is applied with one product φQ·S, the keys inside the
+/// chunk with a masked φQ·φKᵀ tile — both on the same qk_tile / pv_tile
+/// micro-kernels as softmax. Cost is linear in the sequence length.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "quadratic.hpp"
+
+namespace attnkit::detail {
+
+/// What the skeleton needs from a feature map after the policy adapter resolved it:
+///   index_t dim() const                         — feature dimension M
+///   void map(const float* x, index_t pos, bool query, float* out) const
+/// `pos` is the token's position in its sequence (cosFormer uses it).
+template <class F>
+concept resolved_feature = requires(const F& f, const float* x, float* out) {
+  { f.dim() } -> std::convertible_to<index_t>;
+  f.map(x, index_t{}, true, out);
+};
+
+/// Parameters of one kernelised call, resolved by the policy adapter.
+struct kernelized_params {
+  bool normalize = true;
+  double eps = 1e-6;
+  std::span<const float> decay{};  ///< per query head λ (causal only); empty = none
+};
+
+template <class Arch, resolved_feature FQ, resolved_feature FK, class KV>
+void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, const problem_shape& sh,
+                    const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                    const tensor_view<float>& out, const options& opt) {
+  using O = simd::ops<Arch>;
+  using tile = simd::tile_shape<Arch>;
+  constexpr int W = O::width, MR = tile::rows, BN = tile::keys, NV = tile::value_vectors;
+  const index_t M = fq.dim(), Dv = sh.value_dim, Lq = sh.q_len, Lk = sh.k_len;
+  const index_t Dvp = (Dv + W - 1) / W * W;
+  const bool causal_rows = opt.causal != causal::none;
+  const int threads = resolve_num_threads(opt.num_threads);
+
+  parallel_for(sh.batch * sh.q_heads, threads, [&](index_t task) {
+    const index_t b = task / sh.q_heads, h = task % sh.q_heads, g = h / sh.group();
+    const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
+    const double lambda = prm.decay.empty() ? 1.0 : prm.decay[static_cast<std::size_t>(h)];
+    // Keys visible to row i: [0, prefix(i)).
+    auto prefix = [&](index_t i) -> index_t {
+      index_t p = bk.lk;
+      if (opt.causal == causal::top_left) p = std::min(p, i + 1);
+      if (opt.causal == causal::bottom_right) p = std::min(p, i + bk.delta + 1);
+      return std::max<index_t>(p, 0);
+    };
+
+    thread_local aligned_vector<float> S, z, phik_t, vpad, phiq, o, xrow, P, rowscale;
+    auto grow = [](aligned_vector<float>& x, index_t n) {
+      if (x.size() < static_cast<std::size_t>(n)) x.resize(static_cast<std::size_t>(n));
+    };
+    grow(S, M * Dvp);
+    grow(z, M);
+    grow(phik_t, M * BN);
+    grow(vpad, BN * Dvp);
+    grow(phiq, BN * M);
+    grow(o, BN * Dvp);
+    grow(xrow, std::max(sh.head_dim, M));
+    grow(P, MR * BN);
+    grow(rowscale, std::max<index_t>(M, BN));
+    std::fill_n(S.data(), M * Dvp, 0.0f);
+    std::fill_n(z.data(), M, 0.0f);
+    index_t absorbed = 0;  // keys [0, absorbed) are in (S, z)
+
+    // Feature-map keys [j0, j0+n) into phik_t [M][BN] (transposed, zero-padded) and
+    // their values into vpad [BN][Dvp].
+    auto load_keys = [&](index_t j0, index_t n) {
+      std::fill_n(phik_t.data(), M * BN, 0.0f);
+      std::fill_n(vpad.data(), BN * Dvp, 0.0f);
+      for (index_t jj = 0; jj < n; ++jj) {
+        const KV* kr = k.row(b, g, j0 + jj);
+        for (index_t d = 0; d < sh.head_dim; ++d) xrow[static_cast<std::size_t>(d)] = to_float(kr[d]);
+        thread_local aligned_vector<float> f;
+        if (f.size() < static_cast<std::size_t>(M)) f.resize(static_cast<std::size_t>(M));
+        fk.map(xrow.data(), j0 + jj, false, f.data());
+        for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
+        widen(v.row(b, g, j0 + jj), vpad.data() + jj * Dvp, Dv);
+      }
+    };
+    // (S, z) ← λ^n (S, z) + Σ_j λ^{n−1−jj} φ(k_j) (v_j, 1) over the loaded keys.
+    auto absorb = [&](index_t n) {
+      if (lambda != 1.0) {
+        const float a = static_cast<float>(std::pow(lambda, static_cast<double>(n)));
+        for (index_t x = 0; x < M * Dvp; ++x) S[static_cast<std::size_t>(x)] *= a;
+        for (index_t m = 0; m < M; ++m) z[static_cast<std::size_t>(m)] *= a;
+        for (index_t jj = 0; jj < n; ++jj) {
+          const float w = static_cast<float>(std::pow(lambda, static_cast<double>(n - 1 - jj)));
+          for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] *= w;
+        }
+      }
+      const float ones[MR] = {1, 1, 1, 1, 1, 1};
+      for (index_t m0 = 0; m0 < M; m0 += MR) {
+        const int R = static_cast<int>(std::min<index_t>(MR, M - m0));
+        for (index_t dc = 0; dc < Dvp;) {
+          const int nv = static_cast<int>(std::min<index_t>(NV, (Dvp - dc) / W));
+          simd::pv_rows<Arch>(R, nv, phik_t.data() + m0 * BN, BN, vpad.data() + dc, Dvp, n, S.data() + m0 * Dvp + dc, Dvp,
+                        ones);
+          dc += nv * W;
+        }
+      }
+      for (index_t m = 0; m < M; ++m) {
+        float s = 0.0f;
+        for (index_t jj = 0; jj < n; ++jj) s += phik_t[static_cast<std::size_t>(m * BN + jj)];
+        z[static_cast<std::size_t>(m)] += s;
+      }
+    };
+    auto advance_to = [&](index_t target) {
+      while (absorbed < target) {
+        const index_t n = std::min<index_t>(BN, target - absorbed);
+        load_keys(absorbed, n);
+        absorb(n);
+        absorbed += n;
+      }
+    };
+
+    for (index_t i0 = 0; i0 < Lq; i0 += BN) {
+      const index_t rows = std::min<index_t>(BN, Lq - i0);
+      const index_t p_first = prefix(i0), p_last = prefix(i0 + rows - 1);
+      advance_to(causal_rows ? p_first : bk.lk);
+      // φQ for the chunk.
+      for (index_t r = 0; r < rows; ++r) {
+        const float* qr = q.row(b, h, i0 + r);
+        fq.map(qr, i0 + r, true, phiq.data() + r * M);
+      }
+      // Inter-chunk part: o = φQ·S, den = φQ·z (decay: × λ^{p_i − absorbed}).
+      std::fill_n(o.data(), rows * Dvp, 0.0f);
+      std::vector<double> den(static_cast<std::size_t>(rows), 0.0);
+      const float ones[MR] = {1, 1, 1, 1, 1, 1};
+      for (index_t r0 = 0; r0 < rows; r0 += MR) {
+        const int R = static_cast<int>(std::min<index_t>(MR, rows - r0));
+        for (index_t dc = 0; dc < Dvp;) {
+          const int nv = static_cast<int>(std::min<index_t>(NV, (Dvp - dc) / W));
+          simd::pv_rows<Arch>(R, nv, phiq.data() + r0 * M, M, S.data() + dc, Dvp, M, o.data() + r0 * Dvp + dc, Dvp, ones);
+          dc += nv * W;
+        }
+      }
+      for (index_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (index_t m = 0; m < M; ++m) s += static_cast<double>(phiq[static_cast<std::size_t>(r * M + m)]) * z[static_cast<std::size_t>(m)];
+        den[static_cast<std::size_t>(r)] = s;
+        if (lambda != 1.0 && causal_rows) {
+          const float a = static_cast<float>(std::pow(lambda, static_cast<double>(prefix(i0 + r) - absorbed)));
+          for (index_t d = 0; d < Dvp; ++d) o[static_cast<std::size_t>(r * Dvp + d)] *= a;
+          den[static_cast<std::size_t>(r)] *= a;
+        }
+      }
+      // Intra-chunk part: keys [absorbed, p_last) with the per-row prefix mask.
+      if (causal_rows && p_last > absorbed) {
+        const index_t n = p_last - absorbed;  // <= BN by construction (prefix grows by <= 1 per row)
+        load_keys(absorbed, n);
+        for (index_t r0 = 0; r0 < rows; r0 += MR) {
+          const int R = static_cast<int>(std::min<index_t>(MR, rows - r0));
+          simd::qk_rows<Arch>(R, phiq.data() + r0 * M, M, phik_t.data(), M, P.data());  // φQ·φKᵀ
+          for (int r = 0; r < R; ++r) {
+            float* pr = P.data() + r * BN;
+            const index_t pi = prefix(i0 + r0 + r);
+            double rs = 0;
+            for (index_t jj = 0; jj < BN; ++jj) {
+              const index_t j = absorbed + jj;
+              if (jj >= n || j >= pi) {
+                pr[jj] = 0.0f;
+                continue;
+              }
+              if (lambda != 1.0) pr[jj] *= static_cast<float>(std::pow(lambda, static_cast<double>(pi - 1 - j)));
+              rs += pr[jj];
+            }
+            den[static_cast<std::size_t>(r0 + r)] += rs;
+          }
+          for (index_t dc = 0; dc < Dvp;) {
+            const int nv = static_cast<int>(std::min<index_t>(NV, (Dvp - dc) / W));
+            simd::pv_rows<Arch>(R, nv, P.data(), BN, vpad.data() + dc, Dvp, n, o.data() + r0 * Dvp + dc, Dvp, ones);
+            dc += nv * W;
+          }
+        }
+      }
+      // Write rows.
+      for (index_t r = 0; r < rows; ++r) {
+        float* dst = out.row(b, h, i0 + r);
+        const float* src = o.data() + r * Dvp;
+        if (prm.normalize) {
+          const float inv = static_cast<float>(1.0 / (den[static_cast<std::size_t>(r)] + prm.eps));
+          for (index_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
+        } else {
+          for (index_t d = 0; d < Dv; ++d) dst[d] = src[d];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace attnkit::detail
