@@ -144,7 +144,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
       float m = neg_inf, l = 0.0f, t = 0.0f;
       if constexpr (normalized) {
-        for (index_t j = 0; j < len; ++j) m = std::max(m, rowS[j]);
+        for (index_t j = 0; j < len; ++j) m = rowS[j] != rowS[j] ? rowS[j] : std::max(m, rowS[j]);
         if (m != neg_inf) {
           constexpr int W = O::width;
           const typename O::vf mv = O::set1(m);
@@ -247,7 +247,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       }
       if constexpr (normalized) {
         if (pr[0] == neg_inf) continue;
-        const float m_new = std::max(m, pr[0]);
+        const float m_new = pr[0] != pr[0] ? pr[0] : std::max(m, pr[0]);  // NaN propagates
         const float a = m == neg_inf ? 0.0f : std::exp2(m - m_new);  // rescale of the running state
         const float c = std::exp2(pr[0] - m_new);                     // rescale of the chunk
         if constexpr (Obs::enabled && Obs::wants_entropy)

@@ -362,9 +362,11 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
     const int row = r0 + r;
     if constexpr (normalized) {
       vf mx = acc[r][0];
-      for (int k = 1; k < NC; ++k) mx = O::max(mx, acc[r][k]);
+      for (int k = 1; k < NC; ++k) mx = O::max(acc[r][k], mx);  // NaN lanes of mx survive
       const float m_old = sc.m[row];
-      const float m_new = std::max(m_old, O::reduce_max(mx));
+      const float rm = O::reduce_max(mx);
+      // A NaN logit makes the row NaN (it propagates through alpha and P).
+      const float m_new = rm != rm ? rm : std::max(m_old, rm);
       if (m_new == neg_inf) {  // nothing visible yet: weights are all zero
         for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, O::set1(0.0f));
         scale[r] = 1.0f;

@@ -42,10 +42,14 @@ struct ops {
   static void store(float* p, vf v) noexcept { v.store_unaligned(p); }
   static vf set1(float x) noexcept { return vf(x); }
   static vf fma(vf a, vf b, vf c) noexcept { return xsimd::fma(a, b, c); }
+  /// max/min return b when either operand is NaN (x86 semantics), so pass the
+  /// value that may be NaN second when NaN must propagate.
   static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
   static vf min(vf a, vf b) noexcept { return xsimd::min(a, b); }
   static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
+  /// Horizontal max; NaN if any lane is NaN.
   static float reduce_max(vf v) noexcept {
+    if (xsimd::any(v != v)) return std::numeric_limits<float>::quiet_NaN();
 #if defined(__AVX512F__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) return _mm512_reduce_max_ps(v);
 #endif
@@ -70,7 +74,9 @@ struct ops {
   /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
   static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
-    const vf xc = xsimd::min(xsimd::max(x, vf(-126.0f)), vf(126.0f));
+    // Constant first: x86 min/max return the second operand when either is NaN,
+    // so a NaN logit stays NaN (and propagates to its row) instead of clamping.
+    const vf xc = xsimd::min(vf(126.0f), xsimd::max(vf(-126.0f), x));
     const vf magic(12582912.0f);  // 1.5·2^23: adding it rounds to an integer in the low bits
     const vf r = xc + magic;
     const vf n = r - magic;
@@ -131,6 +137,7 @@ struct ops<scalar> {
   }
   static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
+    if (x != x) return x;
     if (x < exp2_underflow) return 0.0f;
     const float xc = std::min(x, 126.0f);
     const float n = std::nearbyint(xc);
