@@ -17,33 +17,6 @@ inline constexpr index_t decode_chunk = 512;
 /// The decode path is taken when q_len · group <= this many rows.
 inline constexpr index_t decode_max_rows = 16;
 
-template <class Arch>
-inline float dot(const float* a, const float* b, index_t n) noexcept {
-  using O = simd::ops<Arch>;
-  constexpr int W = O::width;
-  typename O::vf acc0 = O::set1(0.0f), acc1 = O::set1(0.0f);
-  index_t d = 0;
-  for (; d + 2 * W <= n; d += 2 * W) {
-    acc0 = O::fma(O::load(a + d), O::load(b + d), acc0);
-    acc1 = O::fma(O::load(a + d + W), O::load(b + d + W), acc1);
-  }
-  for (; d + W <= n; d += W) acc0 = O::fma(O::load(a + d), O::load(b + d), acc0);
-  float s = O::reduce_add(acc0 + acc1);
-  for (; d < n; ++d) s += a[d] * b[d];
-  return s;
-}
-
-/// o[0..n) += p · v[0..n)
-template <class Arch>
-inline void axpy(float p, const float* v, float* o, index_t n) noexcept {
-  using O = simd::ops<Arch>;
-  constexpr int W = O::width;
-  const typename O::vf pv = O::set1(p);
-  index_t d = 0;
-  for (; d + W <= n; d += W) O::store(o + d, O::fma(pv, O::load(v + d), O::load(o + d)));
-  for (; d < n; ++d) o[d] += p * v[d];
-}
-
 template <class Arch, class Pol, class Obs, class KV>
 void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
@@ -114,7 +87,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         }
       }
       for (index_t r = 0; r < rows; ++r)
-        S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
+        S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? simd::dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
     }
     if (elementwise)
       for (index_t r = 0; r < rows; ++r)

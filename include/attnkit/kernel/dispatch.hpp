@@ -14,6 +14,7 @@
 #include "../policy/softmax.hpp"
 #include "../simd/arch.hpp"
 #include "decode.hpp"
+#include "feature_maps.hpp"
 #include "quadratic.hpp"
 
 namespace attnkit {
@@ -35,6 +36,14 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     else
       run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();
+  } else if constexpr (std::is_same_v<typename P::family, family::kernelized>) {
+    static_assert(!Observer::enabled,
+                  "attnkit: kernelised policies have no fused observer; use reference::attention for their "
+                  "O(N^2) entropy diagnostic");
+    if constexpr (std::is_same_v<P, log_normal>)
+      run_log_normal<Arch>(pol, shape, q, k, v, out, opt);
+    else
+      run_linear<Arch>(pol, shape, q, k, v, out, opt);
   } else {
     static_assert(std::is_same_v<typename P::family, family::quadratic>,
                   "attnkit::attention: no kernel skeleton for this policy family yet");

@@ -17,14 +17,21 @@
 
 namespace attnkit::detail {
 
+/// One token handed to a resolved feature map: its batch, head (query head for
+/// queries, kv head for keys), index in its sequence, role and the batch's keys.
+struct token_ref {
+  index_t batch = 0, head = 0, index = 0;
+  bool query = true;
+  batch_keys keys{};
+};
+
 /// What the skeleton needs from a feature map after the policy adapter resolved it:
-///   index_t dim() const                         — feature dimension M
-///   void map(const float* x, index_t pos, bool query, float* out) const
-/// `pos` is the token's position in its sequence (cosFormer uses it).
+///   index_t dim() const                                       — feature dimension M
+///   void map(const float* x, const token_ref&, float* out) const — one token's features
 template <class F>
-concept resolved_feature = requires(const F& f, const float* x, float* out) {
+concept resolved_feature = requires(const F& f, const float* x, float* out, const token_ref& t) {
   { f.dim() } -> std::convertible_to<index_t>;
-  f.map(x, index_t{}, true, out);
+  f.map(x, t, out);
 };
 
 /// Parameters of one kernelised call, resolved by the policy adapter.
@@ -85,7 +92,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         for (index_t d = 0; d < sh.head_dim; ++d) xrow[static_cast<std::size_t>(d)] = to_float(kr[d]);
         thread_local aligned_vector<float> f;
         if (f.size() < static_cast<std::size_t>(M)) f.resize(static_cast<std::size_t>(M));
-        fk.map(xrow.data(), j0 + jj, false, f.data());
+        fk.map(xrow.data(), token_ref{b, g, j0 + jj, false, bk}, f.data());
         for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
         widen(v.row(b, g, j0 + jj), vpad.data() + jj * Dvp, Dv);
       }
@@ -133,7 +140,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       // φQ for the chunk.
       for (index_t r = 0; r < rows; ++r) {
         const float* qr = q.row(b, h, i0 + r);
-        fq.map(qr, i0 + r, true, phiq.data() + r * M);
+        fq.map(qr, token_ref{b, h, i0 + r, true, bk}, phiq.data() + r * M);
       }
       // Inter-chunk part: o = φQ·S, den = φQ·z (decay: × λ^{p_i − absorbed}).
       std::fill_n(o.data(), rows * Dvp, 0.0f);

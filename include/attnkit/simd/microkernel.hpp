@@ -120,4 +120,32 @@ inline void qk_rows(int R, const float* q, long q_stride, const float* kpanel, l
   }
 }
 
+/// Σ a[i]·b[i], two vector accumulators and a scalar tail.
+template <class Arch>
+inline float dot(const float* a, const float* b, long n) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  typename O::vf acc0 = O::set1(0.0f), acc1 = O::set1(0.0f);
+  long d = 0;
+  for (; d + 2 * W <= n; d += 2 * W) {
+    acc0 = O::fma(O::load(a + d), O::load(b + d), acc0);
+    acc1 = O::fma(O::load(a + d + W), O::load(b + d + W), acc1);
+  }
+  for (; d + W <= n; d += W) acc0 = O::fma(O::load(a + d), O::load(b + d), acc0);
+  float s = O::reduce_add(acc0 + acc1);
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+/// o[0..n) += p · v[0..n)
+template <class Arch>
+inline void axpy(float p, const float* v, float* o, long n) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  const typename O::vf pv = O::set1(p);
+  long d = 0;
+  for (; d + W <= n; d += W) O::store(o + d, O::fma(pv, O::load(v + d), O::load(o + d)));
+  for (; d < n; ++d) o[d] += p * v[d];
+}
+
 }  // namespace attnkit::simd

@@ -1,0 +1,221 @@
+#pragma once
+/// \file
+/// Policy adapters of the kernelised family: they turn linear<F> and log_normal
+/// into resolved feature maps for run_kernelized. Built-in maps are vectorised
+/// with the arch's ops; user functors (feature::feature_map) are called in float.
+#include <cmath>
+#include <numbers>
+#include <type_traits>
+#include <vector>
+
+#include "../policy/linear.hpp"
+#include "../policy/log_normal.hpp"
+#include "kernelized.hpp"
+
+namespace attnkit::detail {
+
+/// linear<F>'s φ, resolved for one call.
+template <class Arch, class F>
+struct linear_feature {
+  const F& phi;
+  index_t D = 0, q_len = 0;
+  double scale = 1.0;
+
+  index_t dim() const { return static_cast<index_t>(phi.output_dim(D)); }
+
+  void map(const float* x, const token_ref& t, float* out) const {
+    using O = simd::ops<Arch>;
+    constexpr int W = O::width;
+    if constexpr (std::is_same_v<F, feature::elu_plus_one> || std::is_same_v<F, feature::relu> ||
+                  std::is_same_v<F, feature::identity>) {
+      index_t d = 0;
+      for (; d + W <= D; d += W) {
+        const auto v = O::load(x + d);
+        if constexpr (std::is_same_v<F, feature::elu_plus_one>)
+          O::store(out + d, xsimd_select_pos(v, v + O::set1(1.0f), O::exp2_fast(v * O::set1(log2e))));
+        else if constexpr (std::is_same_v<F, feature::relu>)
+          O::store(out + d, O::max(O::set1(0.0f), v));
+        else
+          O::store(out + d, v);
+      }
+      for (; d < D; ++d) {
+        const float v = x[d];
+        if constexpr (std::is_same_v<F, feature::elu_plus_one>)
+          out[d] = v > 0.0f ? v + 1.0f : std::exp(v);
+        else if constexpr (std::is_same_v<F, feature::relu>)
+          out[d] = v > 0.0f ? v : 0.0f;
+        else
+          out[d] = v;
+      }
+    } else if constexpr (std::is_same_v<F, feature::favor_plus>) {
+      // exp(W x' − |x'|²/2)/sqrt(M), x' = x·sqrt(τ): M dot products of length D.
+      const float s = static_cast<float>(scale);
+      const float sq = simd::dot<Arch>(x, x, D) * s;
+      const float norm = 1.0f / std::sqrt(static_cast<float>(phi.num_features));
+      const float rs = std::sqrt(s);
+      for (index_t m = 0; m < phi.num_features; ++m)
+        out[m] = std::exp(simd::dot<Arch>(phi.projection + m * D, x, D) * rs - 0.5f * sq) * norm;
+    } else {
+      const feature::context c{t.query ? t.index + t.keys.delta : t.index, q_len, t.keys.lk, t.query, scale};
+      phi(x, D, c, out);
+    }
+  }
+
+ private:
+  template <class V>
+  static V xsimd_select_pos(V x, V a, V b) {
+    if constexpr (simd::is_scalar_v<Arch>)
+      return x > 0.0f ? a : b;
+    else
+      return xsimd::select(x > V(0.0f), a, b);
+  }
+};
+
+/// LLN's φq(x) = exp(αx − max αx) and φk(x) = exp(βx − max over the head's keys).
+template <class Arch>
+struct lln_feature {
+  double coef = 1.0;
+  index_t D = 0;
+  const std::vector<float>* key_shift = nullptr;  ///< per (batch·Hkv + g); null for queries
+  index_t kv_heads = 1;
+
+  index_t dim() const { return D; }
+  void map(const float* x, const token_ref& t, float* out) const {
+    using O = simd::ops<Arch>;
+    constexpr int W = O::width;
+    const float a = static_cast<float>(coef);
+    float shift;
+    if (key_shift) {
+      shift = (*key_shift)[static_cast<std::size_t>(t.batch * kv_heads + t.head)];
+    } else {
+      shift = -std::numeric_limits<float>::infinity();
+      for (index_t d = 0; d < D; ++d) shift = std::max(shift, a * x[d]);
+    }
+    index_t d = 0;
+    const auto av = O::set1(a * log2e), sv = O::set1(shift * log2e);
+    for (; d + W <= D; d += W) O::store(out + d, O::exp2_fast(O::load(x + d) * av - sv));
+    for (; d < D; ++d) out[d] = std::exp(a * x[d] - shift);
+  }
+};
+
+/// Sample standard deviation (n − 1) of every entry of a view, in double.
+template <class T>
+double sample_std_of(const tensor_view<const T>& t) {
+  double n = 0, sum = 0, sum2 = 0;
+  // Two passes for accuracy: mean first, then squared deviations.
+  for (index_t b = 0; b < t.batch(); ++b)
+    for (index_t h = 0; h < t.heads(); ++h)
+      for (index_t s = 0; s < t.seq(); ++s) {
+        const T* r = t.row(b, h, s);
+        for (index_t d = 0; d < t.dim(); ++d) sum += to_float(r[d]);
+        n += static_cast<double>(t.dim());
+      }
+  if (n < 2) return 0.0;
+  const double mean = sum / n;
+  for (index_t b = 0; b < t.batch(); ++b)
+    for (index_t h = 0; h < t.heads(); ++h)
+      for (index_t s = 0; s < t.seq(); ++s) {
+        const T* r = t.row(b, h, s);
+        for (index_t d = 0; d < t.dim(); ++d) {
+          const double x = to_float(r[d]) - mean;
+          sum2 += x * x;
+        }
+      }
+  return std::sqrt(sum2 / (n - 1));
+}
+
+/// Options the kernelised family understands: causal (prefix), key_lengths, scale
+/// (FAVOR+), threads. Everything element-wise is rejected, as in the reference.
+inline void check_kernelized_options(const options& opt, const char* what) {
+  const std::string w = std::string("not used with ") + what;
+  if (opt.window.active()) fail("options.window", "", "unbounded (" + w + ")", "a window");
+  if (opt.mask.data) fail("options.mask", "", "none (" + w + ")", "a mask");
+  if (opt.bias.data) fail("options.bias", "", "none (" + w + ")", "a bias");
+  if (!opt.alibi_slopes.empty()) fail("options.alibi_slopes", "", "empty (" + w + ")", opt.alibi_slopes.size());
+  if (opt.softcap > 0.0f) fail("options.softcap", "", "0 (" + w + ")", opt.softcap);
+  if (!opt.sinks.empty()) fail("options.sinks", "", "empty (" + w + ")", opt.sinks.size());
+  if (opt.lse) fail("options.lse", "", "nullptr (" + w + ")", "a pointer");
+}
+
+template <class Arch, class F, class KV>
+void run_linear(const linear<F>& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
+                const options& opt) {
+  check_kernelized_options(opt, "linear attention");
+  if (!pol.decay.empty()) {
+    if (static_cast<index_t>(pol.decay.size()) != sh.q_heads)
+      fail("policy.decay", "size", std::to_string(sh.q_heads) + " (= q.heads)", pol.decay.size());
+    if (opt.causal == causal::none)
+      fail("policy.decay", "", "empty unless options.causal is set (decay is causal only)", pol.decay.size());
+  }
+  if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
+  if constexpr (std::is_same_v<F, feature::favor_plus>)
+    if (pol.phi.num_features <= 0 || pol.phi.projection == nullptr)
+      fail("policy.phi", "projection", "num_features > 0 and a non-null [num_features, D] matrix",
+           pol.phi.num_features);
+  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  const linear_feature<Arch, F> f{pol.phi, sh.head_dim, sh.q_len, tau};
+  if (f.dim() <= 0) fail("policy.phi", "output_dim", "> 0", f.dim());
+  run_kernelized<Arch>(f, f, kernelized_params{pol.normalize, pol.eps, pol.decay}, sh, q, k, v, out, opt);
+}
+
+/// Keys of LLN+Diag's block-diagonal softmax: query position p = i + Δ sees the keys
+/// of its block [⌊p/D⌋·D, ⌊p/D⌋·D + D) (then intersected with the options' masks).
+struct block_diagonal_keys {
+  static constexpr bool active = true;
+  const options& opt;
+  index_t q_len = 0, k_len = 0, block = 1;
+  key_range hull(index_t b, index_t, index_t i) const {
+    const index_t p = i + keys_of_batch(opt, b, q_len, k_len).delta;
+    const index_t blk = p >= 0 ? p / block : -((-p + block - 1) / block);
+    return {std::max<index_t>(blk * block, 0), std::max<index_t>(blk * block + block, 0)};
+  }
+  tile_class classify(index_t, index_t, index_t, index_t, index_t, index_t) const { return tile_class::full; }
+  bool allowed(index_t, index_t, index_t, index_t) const { return true; }
+};
+
+template <class Arch, class KV>
+void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                    const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
+                    const options& opt) {
+  check_kernelized_options(opt, "log-normal attention");
+  if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
+  lln_coefficients c{pol.alpha.value_or(1.0), pol.beta.value_or(1.0)};
+  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q), sample_std_of(k));
+  // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio.
+  std::vector<float> shift(static_cast<std::size_t>(sh.batch * sh.kv_heads), 0.0f);
+  const float beta = static_cast<float>(c.beta);
+  for (index_t b = 0; b < sh.batch; ++b) {
+    const index_t lk = keys_of_batch(opt, b, sh.q_len, sh.k_len).lk;
+    for (index_t g = 0; g < sh.kv_heads; ++g) {
+      float m = -std::numeric_limits<float>::infinity();
+      for (index_t j = 0; j < lk; ++j) {
+        const KV* r = k.row(b, g, j);
+        for (index_t d = 0; d < sh.head_dim; ++d) m = std::max(m, beta * to_float(r[d]));
+      }
+      shift[static_cast<std::size_t>(b * sh.kv_heads + g)] = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
+    }
+  }
+  const lln_feature<Arch> fq{c.alpha, sh.head_dim, nullptr, sh.kv_heads};
+  const lln_feature<Arch> fk{c.beta, sh.head_dim, &shift, sh.kv_heads};
+  run_kernelized<Arch>(fq, fk, kernelized_params{true, pol.eps, {}}, sh, q, k, v, out, opt);
+  if (!pol.diag) return;
+  // LLN+Diag: average with block-diagonal softmax (block = D) over the same prefix.
+  aligned_vector<float> diag(static_cast<std::size_t>(sh.batch * sh.q_heads * sh.q_len * sh.value_dim));
+  const auto dv = bhsd(diag.data(), sh.batch, sh.q_heads, sh.q_len, sh.value_dim);
+  options o = opt;
+  o.masked_rows = masked_rows::zero;
+  o.lse = nullptr;
+  null_observer none;
+  run_quadratic<Arch>(softmax{}, sh, q, k, v, dv, o, none, block_diagonal_keys{opt, sh.q_len, sh.k_len, sh.head_dim},
+                      sh.head_dim);
+  for (index_t b = 0; b < sh.batch; ++b)
+    for (index_t h = 0; h < sh.q_heads; ++h)
+      for (index_t i = 0; i < sh.q_len; ++i) {
+        float* dst = out.row(b, h, i);
+        const float* src = dv.row(b, h, i);
+        for (index_t d = 0; d < sh.value_dim; ++d) dst[d] = 0.5f * (dst[d] + src[d]);
+      }
+}
+
+}  // namespace attnkit::detail

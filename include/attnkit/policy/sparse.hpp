@@ -1,0 +1,196 @@
+#pragma once
+/// \file
+/// Sparse attention: a key-selection pattern wrapped around an inner quadratic
+/// policy (softmax by default, or sigmoid). The pattern's allowed set is
+/// intersected with every mask of the options (causal, window, bool mask, key
+/// lengths); the inner policy then runs over the surviving keys only (softmax
+/// renormalises over them).
+///
+/// Conventions shared by the static patterns: `allowed(i, j, Lq, Lk)` gets the query
+/// index i, the key index j, the call's Lq and the batch's valid key length Lk
+/// (key_lengths[b] or k.seq). Unless stated otherwise a pattern works on the query
+/// *position* p = i + Lk − Lq (bottom-right alignment, the same Δ as options.window),
+/// so for self-attention (Lq == Lk) p = i and for decoding (Lq = 1) the query sits
+/// after the cache. Queries whose p falls outside [0, Lk) see nothing from
+/// position-based patterns that need a grid (neighbourhoods).
+#include <algorithm>
+#include <concepts>
+
+#include "../core/tensor_view.hpp"
+#include "family.hpp"
+#include "softmax.hpp"
+
+namespace attnkit {
+namespace pattern {
+
+namespace detail {
+/// 1-D neighbourhood test on a line of L positions (NATTEN semantics): positions are
+/// split by residue p mod dilation into groups; within its group of Lg positions a
+/// query at group index g sees the `kernel` consecutive group members starting at
+/// clamp(g − kernel/2, 0, Lg − kernel) (the window shifts at borders so that every
+/// query sees exactly `kernel` keys; all Lg of them if Lg < kernel).
+constexpr bool neighbor_1d(index_t p, index_t j, index_t L, index_t kernel, index_t dilation) noexcept {
+  if (p < 0 || p >= L || j < 0 || j >= L || kernel <= 0 || dilation <= 0) return false;
+  if ((p - j) % dilation != 0) return false;
+  const index_t r = p % dilation;
+  const index_t Lg = (L - r + dilation - 1) / dilation;
+  const index_t g = p / dilation, jg = j / dilation;
+  if (Lg <= kernel) return true;
+  const index_t start = std::clamp<index_t>(g - kernel / 2, 0, Lg - kernel);
+  return jg >= start && jg < start + kernel;
+}
+}  // namespace detail
+
+/// Local window around p: p − left ≤ j ≤ p + right (FlashAttention convention: the
+/// window holds left + right + 1 keys); −1 = unbounded on that side. Default right
+/// = 0: a causal local window of left + 1 keys.
+struct sliding_window {
+  index_t left = -1;
+  index_t right = 0;
+  constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
+    const index_t p = i + Lk - Lq;
+    return (left < 0 || j >= p - left) && (right < 0 || j <= p + right);
+  }
+};
+
+/// Dilated window (Longformer): keys at distance 0, d, 2d, …, window·d on each side
+/// of p (d = dilation): (p − j) mod d == 0 and |p − j| ≤ window·d. Interior queries
+/// see 2·window + 1 keys; combine with options.causal for the one-sided form
+/// (window + 1 keys).
+struct dilated_window {
+  index_t window = 0;
+  index_t dilation = 1;
+  constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
+    const index_t p = i + Lk - Lq, dist = p > j ? p - j : j - p;
+    return dilation > 0 && dist % dilation == 0 && dist <= window * dilation;
+  }
+};
+
+/// StreamingLLM: the first `sinks` keys plus the `window` most recent keys up to and
+/// including p. Inherently causal: j ≤ p and (j < sinks or p − j < window).
+struct sink_window {
+  index_t sinks = 4;
+  index_t window = 256;
+  constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
+    const index_t p = i + Lk - Lq;
+    return j <= p && (j < sinks || p - j < window);
+  }
+};
+
+/// Explicit block layout: row-major bool [num_q_blocks, num_k_blocks], shared by all
+/// batches and heads, true = query block attends key block. Uses the query *index* i
+/// (not p): query i is in block i / block_q, key j in block j / block_k; the layout
+/// must cover ceil(Lq/block_q) × ceil(k.seq/block_k) blocks and outlive the call.
+struct block_sparse {
+  const bool* layout = nullptr;
+  index_t block_q = 64;
+  index_t block_k = 64;
+  index_t num_q_blocks = 0;
+  index_t num_k_blocks = 0;
+  constexpr bool allowed(index_t i, index_t j, index_t, index_t) const noexcept {
+    const index_t qb = i / block_q, kb = j / block_k;
+    return qb < num_q_blocks && kb < num_k_blocks && layout[qb * num_k_blocks + kb];
+  }
+};
+
+/// 1-D neighbourhood attention (NATTEN) over the key sequence: query position p
+/// sees exactly `kernel` keys with stride `dilation` (see detail::neighbor_1d; the
+/// window shifts at the borders). For odd kernels the centred window has kernel/2
+/// keys on each side; for even kernels kernel/2 before and kernel/2 − 1 after.
+/// options.causal intersects (then border queries see fewer keys).
+struct neighborhood_1d {
+  index_t kernel = 7;
+  index_t dilation = 1;
+  constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
+    return detail::neighbor_1d(i + Lk - Lq, j, Lk, kernel, dilation);
+  }
+};
+
+/// 2-D neighbourhood attention over a row-major height × width token grid (Lk must
+/// equal height·width): token p = y·width + x sees the kernel_h × kernel_w keys
+/// whose row is in the 1-D neighbourhood of y (along height) and whose column is in
+/// the 1-D neighbourhood of x (along width), both with `dilation`.
+struct neighborhood_2d {
+  index_t height = 0;
+  index_t width = 0;
+  index_t kernel_h = 7;
+  index_t kernel_w = 7;
+  index_t dilation = 1;
+  constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
+    const index_t p = i + Lk - Lq;
+    if (width <= 0 || p < 0 || p >= height * width || j < 0 || j >= height * width) return false;
+    return detail::neighbor_1d(p / width, j / width, height, kernel_h, dilation) &&
+           detail::neighbor_1d(p % width, j % width, width, kernel_w, dilation);
+  }
+};
+
+/// PowerAttention (Chen et al. 2025), inherently causal: with query block
+/// qb = p / block and key block kb = j / block, d = qb − kb, key j is visible iff
+/// j ≤ p and (d ≤ local or kb < sinks or d is a power of two). d = 0 (the diagonal
+/// block) is always visible.
+struct power_attention {
+  index_t block = 64;
+  index_t sinks = 1;
+  index_t local = 1;
+  constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
+    const index_t p = i + Lk - Lq;
+    if (j > p || j < 0) return false;
+    const index_t d = p / block - j / block, kb = j / block;
+    return d <= local || kb < sinks || (d & (d - 1)) == 0;
+  }
+};
+
+/// Data-dependent: each query keeps the k keys with the largest final logits
+/// (after softcap, bias and ALiBi) among the keys the options allow; ties go to the
+/// smaller key index. Rows with ≤ k allowed keys keep all of them.
+struct top_k {
+  static constexpr bool data_dependent = true;
+  index_t k = 64;
+};
+
+/// Data-dependent FlexPrefill-style block selection. Queries are grouped in blocks
+/// of `block` rows (by query index), keys in blocks of `block` keys. For each query
+/// block QB: q̄ = mean of its query vectors; for every candidate key block KB (one
+/// that holds at least one key allowed by the options to some row of QB), k̄ = mean
+/// of its valid keys (j < Lk); estimated logits ŝ = τ·q̄·k̄ and estimated mass
+/// p̂ = softmax over candidates. Candidates are taken in descending p̂ (ties: smaller
+/// block first) until the cumulative p̂ ≥ gamma, and at least min(min_budget,
+/// #candidates) blocks. Every row of QB then sees the keys of the selected blocks
+/// (intersected with the options' masks).
+struct flex_prefill {
+  static constexpr bool data_dependent = true;
+  double gamma = 0.9;
+  index_t block = 64;
+  index_t min_budget = 1;  ///< minimum number of key blocks kept per query block
+};
+
+/// A pattern decided by position alone: `allowed(i, j, Lq, Lk)`.
+template <class P>
+concept static_pattern = std::copyable<P> && requires(const P& p, index_t x) {
+  { p.allowed(x, x, x, x) } -> std::convertible_to<bool>;
+};
+
+/// A pattern that looks at the data (scores) to select keys.
+template <class P>
+concept dynamic_pattern = std::copyable<P> && requires {
+  requires P::data_dependent;
+};
+
+}  // namespace pattern
+
+/// Sparse attention policy: `pattern` selects keys, `inner` (softmax or sigmoid)
+/// turns the surviving logits into weights.
+template <class Pattern, class Inner = softmax>
+  requires(pattern::static_pattern<Pattern> || pattern::dynamic_pattern<Pattern>)
+struct sparse {
+  using family = attnkit::family::pattern;
+  Pattern pattern;
+  Inner inner{};
+};
+
+template <class Pattern>
+sparse(Pattern) -> sparse<Pattern>;
+template <class Pattern, class Inner>
+sparse(Pattern, Inner) -> sparse<Pattern, Inner>;
+
+}  // namespace attnkit
