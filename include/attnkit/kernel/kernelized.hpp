@@ -85,8 +85,10 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
     // Feature-map keys [j0, j0+n) into phik_t [M][BN] (transposed, zero-padded) and
     // their values into vpad [BN][Dvp].
     auto load_keys = [&](index_t j0, index_t n) {
-      std::fill_n(phik_t.data(), M * BN, 0.0f);
-      std::fill_n(vpad.data(), BN * Dvp, 0.0f);
+      if (n < BN) {  // only a partial chunk needs zero padding
+        std::fill_n(phik_t.data(), M * BN, 0.0f);
+        std::fill_n(vpad.data(), BN * Dvp, 0.0f);
+      }
       for (index_t jj = 0; jj < n; ++jj) {
         const KV* kr = k.row(b, g, j0 + jj);
         for (index_t d = 0; d < sh.head_dim; ++d) xrow[static_cast<std::size_t>(d)] = to_float(kr[d]);
@@ -94,7 +96,9 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         if (f.size() < static_cast<std::size_t>(M)) f.resize(static_cast<std::size_t>(M));
         fk.map(xrow.data(), token_ref{b, g, j0 + jj, false, bk}, f.data());
         for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
-        widen(v.row(b, g, j0 + jj), vpad.data() + jj * Dvp, Dv);
+        float* vrow = vpad.data() + jj * Dvp;
+        widen(v.row(b, g, j0 + jj), vrow, Dv);
+        std::fill(vrow + Dv, vrow + Dvp, 0.0f);
       }
     };
     // (S, z) ← λ^n (S, z) + Σ_j λ^{n−1−jj} φ(k_j) (v_j, 1) over the loaded keys.
@@ -144,7 +148,8 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       }
       // Inter-chunk part: o = φQ·S, den = φQ·z (decay: × λ^{p_i − absorbed}).
       std::fill_n(o.data(), rows * Dvp, 0.0f);
-      std::vector<double> den(static_cast<std::size_t>(rows), 0.0);
+      thread_local std::vector<double> den;
+      den.assign(static_cast<std::size_t>(rows), 0.0);
       const float ones[MR] = {1, 1, 1, 1, 1, 1};
       for (index_t r0 = 0; r0 < rows; r0 += MR) {
         const int R = static_cast<int>(std::min<index_t>(MR, rows - r0));
