@@ -15,6 +15,7 @@
 #include "../simd/arch.hpp"
 #include "decode.hpp"
 #include "feature_maps.hpp"
+#include "pattern.hpp"
 #include "quadratic.hpp"
 
 namespace attnkit {
@@ -35,6 +36,16 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
       run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
     else
       run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs);
+    if constexpr (Observer::enabled) obs.end();
+  } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
+    using inner = decltype(pol.inner);
+    static_assert(quadratic_policy<inner>, "attnkit: sparse<Pattern, Inner> needs a quadratic inner policy");
+    if constexpr (!inner::normalized)
+      if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
+    if constexpr (!std::is_same_v<inner, softmax>)
+      if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
+    if constexpr (Observer::enabled) obs.begin(shape, opt);
+    run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::kernelized>) {
     static_assert(!Observer::enabled,

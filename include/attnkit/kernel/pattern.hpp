@@ -1,0 +1,251 @@
+#pragma once
+/// \file
+/// Sparse patterns on the quadratic skeleton. Each pattern becomes a key-set
+/// adapter (see no_pattern in quadratic.hpp): a hull interval per row, an analytic
+/// class per (strip, key tile) — so empty tiles are never computed and full tiles
+/// skip element tests — and the pattern's own `allowed` for partial tiles. Cost
+/// follows the number of visited tiles, never N².
+#include <algorithm>
+#include <vector>
+
+#include "../policy/sparse.hpp"
+#include "quadratic.hpp"
+
+namespace attnkit::detail {
+
+/// Position-based pattern P as a key-set adapter.
+template <class P>
+struct static_pattern_keys {
+  static constexpr bool active = true;
+  const P& pat;
+  const options& opt;
+  index_t q_len = 0, k_len = 0;
+
+  index_t lk(index_t b) const { return keys_of_batch(opt, b, q_len, k_len).lk; }
+  index_t pos(index_t b, index_t i) const { return i + lk(b) - q_len; }  // query position p = i + Δ
+
+  key_range hull(index_t b, index_t, index_t i) const {
+    const index_t L = lk(b), p = pos(b, i);
+    auto clip = [&](index_t lo, index_t hi) { return key_range{std::clamp<index_t>(lo, 0, L), std::clamp<index_t>(hi, 0, L)}; };
+    if constexpr (std::is_same_v<P, pattern::sliding_window>) {
+      return clip(pat.left < 0 ? 0 : p - pat.left, pat.right < 0 ? L : p + pat.right + 1);
+    } else if constexpr (std::is_same_v<P, pattern::dilated_window>) {
+      return clip(p - pat.window * pat.dilation, p + pat.window * pat.dilation + 1);
+    } else if constexpr (std::is_same_v<P, pattern::sink_window> || std::is_same_v<P, pattern::power_attention>) {
+      return clip(0, p + 1);
+    } else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>) {
+      return neighbor_hull(p, L, pat.kernel, pat.dilation);
+    } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
+      if (pat.width <= 0 || p < 0 || p >= pat.height * pat.width) return {0, 0};
+      const key_range rows = neighbor_hull(p / pat.width, pat.height, pat.kernel_h, pat.dilation);
+      return clip(rows.lo * pat.width, rows.hi * pat.width);
+    } else {
+      return clip(0, L);
+    }
+  }
+
+  tile_class classify(index_t b, index_t, index_t i0, index_t i1, index_t j0, index_t j1) const {
+    if constexpr (std::is_same_v<P, pattern::sliding_window>) {
+      return tile_class::full;  // the hull is exact
+    } else if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
+      return pat.dilation == 1 ? tile_class::full : tile_class::partial;
+    } else if constexpr (std::is_same_v<P, pattern::sink_window>) {
+      const index_t p0 = pos(b, i0), p1 = pos(b, i1 - 1);
+      if (j1 <= pat.sinks || j0 >= p1 - pat.window + 1) return tile_class::full;  // causal edge: hull
+      if (j0 >= pat.sinks && j1 <= p0 - pat.window + 1) return tile_class::empty;
+      return tile_class::partial;
+    } else if constexpr (std::is_same_v<P, pattern::block_sparse>) {
+      bool any = false, all = true;
+      for (index_t qb = i0 / pat.block_q; qb <= (i1 - 1) / pat.block_q; ++qb)
+        for (index_t kb = j0 / pat.block_k; kb <= (j1 - 1) / pat.block_k; ++kb) {
+          const bool on = qb < pat.num_q_blocks && kb < pat.num_k_blocks && pat.layout[qb * pat.num_k_blocks + kb];
+          any = any || on;
+          all = all && on;
+        }
+      return all ? tile_class::full : any ? tile_class::partial : tile_class::empty;
+    } else if constexpr (std::is_same_v<P, pattern::power_attention>) {
+      const index_t blk = pat.block;
+      bool any = false, all = true;
+      for (index_t qb = pos(b, i0) / blk; qb <= pos(b, i1 - 1) / blk; ++qb)
+        for (index_t kb = j0 / blk; kb <= (j1 - 1) / blk; ++kb) {
+          const index_t d = qb - kb;
+          const bool on = d >= 0 && (d <= pat.local || kb < pat.sinks || (d & (d - 1)) == 0);
+          any = any || on;
+          all = all && on;
+        }
+      return all ? tile_class::full : any ? tile_class::partial : tile_class::empty;
+    } else {
+      return tile_class::partial;
+    }
+  }
+
+  bool allowed(index_t b, index_t, index_t i, index_t j) const { return pat.allowed(i, j, q_len, lk(b)); }
+
+ private:
+  /// Keys of the NATTEN window of position p on a line of L (all strides of the
+  /// query's residue class lie inside this interval).
+  static key_range neighbor_hull(index_t p, index_t L, index_t kernel, index_t dil) {
+    if (p < 0 || p >= L || kernel <= 0 || dil <= 0) return {0, 0};
+    const index_t r = p % dil, Lg = (L - r + dil - 1) / dil, g = p / dil;
+    if (Lg <= kernel) return {r, r + (Lg - 1) * dil + 1};
+    const index_t start = std::clamp<index_t>(g - kernel / 2, 0, Lg - kernel);
+    return {r + start * dil, r + (start + kernel - 1) * dil + 1};
+  }
+};
+
+/// FlexPrefill block selection as a key-set adapter: a per (batch, head, query
+/// block) list of kept key blocks, decided before the attention pass from block
+/// means (O((Lq/block)·(Lk/block)·D) work).
+struct block_selection_keys {
+  static constexpr bool active = true;
+  index_t block = 64, q_blocks = 0, k_blocks = 0, heads = 0;
+  std::vector<unsigned char> keep;  ///< [B·H][q_blocks][k_blocks]
+
+  bool on(index_t b, index_t h, index_t qb, index_t kb) const {
+    return keep[static_cast<std::size_t>(((b * heads + h) * q_blocks + qb) * k_blocks + kb)] != 0;
+  }
+  key_range hull(index_t, index_t, index_t) const { return {0, k_blocks * block}; }
+  tile_class classify(index_t b, index_t h, index_t i0, index_t i1, index_t j0, index_t j1) const {
+    bool any = false, all = true;
+    for (index_t qb = i0 / block; qb <= (i1 - 1) / block; ++qb)
+      for (index_t kb = j0 / block; kb <= (j1 - 1) / block && kb < k_blocks; ++kb) {
+        const bool x = on(b, h, qb, kb);
+        any = any || x;
+        all = all && x;
+      }
+    return all ? tile_class::full : any ? tile_class::partial : tile_class::empty;
+  }
+  bool allowed(index_t b, index_t h, index_t i, index_t j) const { return on(b, h, i / block, j / block); }
+};
+
+template <class KV>
+block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem_shape& sh,
+                                   const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                                   const options& opt, int threads) {
+  block_selection_keys sel;
+  const index_t B = p.block, D = sh.head_dim;
+  sel.block = B;
+  sel.q_blocks = (sh.q_len + B - 1) / B;
+  sel.k_blocks = (sh.k_len + B - 1) / B;
+  sel.heads = sh.q_heads;
+  sel.keep.assign(static_cast<std::size_t>(sh.batch * sh.q_heads * sel.q_blocks * sel.k_blocks), 0);
+  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
+  parallel_for(sh.batch * sh.q_heads, threads, [&](index_t bh) {
+    const index_t b = bh / sh.q_heads, h = bh % sh.q_heads, g = h / sh.group();
+    const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
+    std::vector<double> kbar(static_cast<std::size_t>(sel.k_blocks * D), 0.0), qbar(static_cast<std::size_t>(D));
+    for (index_t kb = 0; kb < sel.k_blocks; ++kb) {
+      const index_t j0 = kb * B, jv = std::min(std::min(sh.k_len, j0 + B), bk.lk);
+      for (index_t j = j0; j < jv; ++j) {
+        const KV* r = k.row(b, g, j);
+        for (index_t d = 0; d < D; ++d) kbar[static_cast<std::size_t>(kb * D + d)] += to_float(r[d]);
+      }
+      for (index_t d = 0; d < D && jv > j0; ++d) kbar[static_cast<std::size_t>(kb * D + d)] /= static_cast<double>(jv - j0);
+    }
+    std::vector<index_t> cand;
+    std::vector<double> est;
+    std::vector<std::size_t> order;
+    for (index_t qb = 0; qb < sel.q_blocks; ++qb) {
+      const index_t i0 = qb * B, i1 = std::min(sh.q_len, i0 + B);
+      std::fill(qbar.begin(), qbar.end(), 0.0);
+      for (index_t i = i0; i < i1; ++i) {
+        const float* r = q.row(b, h, i);
+        for (index_t d = 0; d < D; ++d) qbar[static_cast<std::size_t>(d)] += r[d] / static_cast<double>(i1 - i0);
+      }
+      // Candidates: key blocks that some row of the query block may see.
+      index_t lo = bk.lk, hi = 0;
+      for (index_t i = i0; i < i1; ++i) {
+        const key_range kr = analytic_range(opt, bk, i);
+        if (kr.size() > 0) {
+          lo = std::min(lo, kr.lo);
+          hi = std::max(hi, kr.hi);
+        }
+      }
+      cand.clear();
+      est.clear();
+      for (index_t kb = lo / B; kb * B < hi; ++kb) {
+        bool any = false;  // exact test: some row's interval meets the block
+        for (index_t i = i0; i < i1 && !any; ++i) {
+          const key_range kr = analytic_range(opt, bk, i);
+          any = kr.lo < std::min(kb * B + B, sh.k_len) && kr.hi > kb * B && kr.size() > 0;
+        }
+        if (!any) continue;
+        double s = 0;
+        for (index_t d = 0; d < D; ++d) s += qbar[static_cast<std::size_t>(d)] * kbar[static_cast<std::size_t>(kb * D + d)];
+        cand.push_back(kb);
+        est.push_back(tau * s);
+      }
+      if (cand.empty()) continue;
+      const double m = *std::max_element(est.begin(), est.end());
+      double z = 0;
+      for (auto& e : est) z += (e = std::exp(e - m));
+      for (auto& e : est) e /= z;
+      order.resize(cand.size());
+      for (std::size_t x = 0; x < order.size(); ++x) order[x] = x;
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t c) { return est[a] > est[c]; });
+      double cum = 0;
+      index_t taken = 0;
+      for (std::size_t o : order) {
+        if (cum >= p.gamma && taken >= p.min_budget) break;
+        sel.keep[static_cast<std::size_t>(((b * sh.q_heads + h) * sel.q_blocks + qb) * sel.k_blocks + cand[o])] = 1;
+        cum += est[o];
+        ++taken;
+      }
+    }
+  });
+  return sel;
+}
+
+/// Shape checks a pattern needs beyond validate_call (same rules as the oracle).
+template <class P>
+void check_pattern_args(const P& p, const problem_shape& sh, const options& opt) {
+  if constexpr (std::is_same_v<P, pattern::block_sparse>) {
+    if (p.block_q <= 0) fail("pattern.block_q", "", "> 0", p.block_q);
+    if (p.block_k <= 0) fail("pattern.block_k", "", "> 0", p.block_k);
+    if (p.layout == nullptr) fail("pattern.layout", "", "a non-null pointer", "nullptr");
+    if (p.num_q_blocks * p.block_q < sh.q_len) fail("pattern.num_q_blocks", "", ">= ceil(Lq / block_q)", p.num_q_blocks);
+    if (p.num_k_blocks * p.block_k < sh.k_len) fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
+  } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
+    if (p.height * p.width != sh.k_len) fail("pattern", "height*width", "= k.seq", p.height * p.width);
+  } else if constexpr (std::is_same_v<P, pattern::power_attention> || std::is_same_v<P, pattern::flex_prefill>) {
+    if (p.block <= 0) fail("pattern.block", "", "> 0", p.block);
+  } else if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
+    if (p.dilation <= 0) fail("pattern.dilation", "", "> 0", p.dilation);
+  }
+  if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
+    // Candidate blocks come from the analytic masks; element masks would need an N² scan.
+    if (opt.mask.data) fail("options.mask", "", "none with flex_prefill (candidates are found analytically)", "a mask");
+    if (opt.bias.data) fail("options.bias", "", "none with flex_prefill (candidates are found analytically)", "a bias");
+  }
+}
+
+/// The window a pattern bounds each row to (0: unbounded), for block sizing.
+template <class P>
+index_t pattern_band(const P& p) {
+  if constexpr (std::is_same_v<P, pattern::sliding_window>)
+    return p.left >= 0 && p.right >= 0 ? p.left + p.right + 1 : 0;
+  else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>)
+    return p.kernel * p.dilation;
+  else if constexpr (std::is_same_v<P, pattern::dilated_window>)
+    return 2 * p.window * p.dilation + 1;
+  else
+    return 0;
+}
+
+template <class Arch, class P, class Inner, class Obs, class KV>
+void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
+                const options& opt, Obs& obs) {
+  check_pattern_args(pol.pattern, sh, opt);
+  if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
+    const auto sel = select_blocks(pol.pattern, sh, q, k, opt, resolve_num_threads(opt.num_threads));
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, sel);
+  } else {
+    static_assert(pattern::static_pattern<P>, "attnkit: this data-dependent pattern has no kernel yet (top_k: use "
+                                              "reference::attention)");
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, static_pattern_keys<P>{pol.pattern, opt, sh.q_len, sh.k_len},
+                        pattern_band(pol.pattern));
+  }
+}
+
+}  // namespace attnkit::detail
