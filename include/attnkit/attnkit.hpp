@@ -10,6 +10,7 @@
 #include "core/validate.hpp"
 #include "core/version.hpp"
 #include "kernel/dispatch.hpp"
+#include "kernel/gated.hpp"
 #include "kernel/merge.hpp"
 #include "kernel/varlen.hpp"
 #include "observe/entropy.hpp"

@@ -100,6 +100,7 @@ enum class tile_class : unsigned char { empty, partial, full };
 ///   key_range hull(b, h, i)                  — a key interval containing row i's keys
 ///   tile_class classify(b, h, i0, i1, j0, j1) — analytic class of rows [i0,i1) × keys [j0,j1)
 ///   bool allowed(b, h, i, j)                 — element test, used on partial tiles only
+///   (or float adjust(b, h, i, j)             — additive logit term, −inf = masked)
 /// intersected with the options' own masks. `no_pattern` is the plain call.
 struct no_pattern {
   static constexpr bool active = false;
@@ -337,8 +338,12 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
         alignas(64) float t[NC * W];
         for (int r = 0; r < R; ++r) {
           for (int k = 0; k < NC; ++k) O::store(t + k * W, acc[r][k]);
-          for (int jj = 0; jj < NC * W; ++jj)
-            if (!c.keys.allowed(b, h, row0 + r0 + r, j0 + jj)) t[jj] = neg_inf;
+          for (int jj = 0; jj < NC * W; ++jj) {
+            if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); })  // additive: −inf masks
+              t[jj] += c.keys.adjust(b, h, row0 + r0 + r, j0 + jj) * log2e;
+            else if (!c.keys.allowed(b, h, row0 + r0 + r, j0 + jj))
+              t[jj] = neg_inf;
+          }
           for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + k * W);
         }
       }
