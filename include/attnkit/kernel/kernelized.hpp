@@ -84,17 +84,26 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
 
     // Feature-map keys [j0, j0+n) into phik_t [M][BN] (transposed, zero-padded) and
     // their values into vpad [BN][Dvp].
+    index_t loaded_j0 = -1, loaded_n = 0;  // keys currently in phik_t / vpad (unscaled by decay)
     auto load_keys = [&](index_t j0, index_t n) {
+      if (j0 == loaded_j0 && n == loaded_n) return;  // the intra-chunk keys are absorbed next: reuse
+      loaded_j0 = j0;
+      loaded_n = n;
       if (n < BN) {  // only a partial chunk needs zero padding
         std::fill_n(phik_t.data(), M * BN, 0.0f);
         std::fill_n(vpad.data(), BN * Dvp, 0.0f);
       }
       for (index_t jj = 0; jj < n; ++jj) {
-        const KV* kr = k.row(b, g, j0 + jj);
-        for (index_t d = 0; d < sh.head_dim; ++d) xrow[static_cast<std::size_t>(d)] = to_float(kr[d]);
+        const float* x = nullptr;
+        if constexpr (std::is_same_v<KV, float>) {
+          x = k.row(b, g, j0 + jj);
+        } else {
+          widen(k.row(b, g, j0 + jj), xrow.data(), sh.head_dim);
+          x = xrow.data();
+        }
         thread_local aligned_vector<float> f;
         if (f.size() < static_cast<std::size_t>(M)) f.resize(static_cast<std::size_t>(M));
-        fk.map(xrow.data(), token_ref{b, g, j0 + jj, false, bk}, f.data());
+        fk.map(x, token_ref{b, g, j0 + jj, false, bk}, f.data());
         for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
         float* vrow = vpad.data() + jj * Dvp;
         widen(v.row(b, g, j0 + jj), vrow, Dv);
@@ -111,6 +120,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
           const float w = static_cast<float>(std::pow(lambda, static_cast<double>(n - 1 - jj)));
           for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] *= w;
         }
+        loaded_j0 = -1;  // phik_t now holds decayed features
       }
       const float ones[MR] = {1, 1, 1, 1, 1, 1};
       for (index_t m0 = 0; m0 < M; m0 += MR) {
@@ -160,9 +170,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         }
       }
       for (index_t r = 0; r < rows; ++r) {
-        double s = 0;
-        for (index_t m = 0; m < M; ++m) s += static_cast<double>(phiq[static_cast<std::size_t>(r * M + m)]) * z[static_cast<std::size_t>(m)];
-        den[static_cast<std::size_t>(r)] = s;
+        den[static_cast<std::size_t>(r)] = simd::dot<Arch>(phiq.data() + r * M, z.data(), M);
         if (lambda != 1.0 && causal_rows) {
           const float a = static_cast<float>(std::pow(lambda, static_cast<double>(prefix(i0 + r) - absorbed)));
           for (index_t d = 0; d < Dvp; ++d) o[static_cast<std::size_t>(r * Dvp + d)] *= a;
