@@ -1,0 +1,44 @@
+# shellcheck shell=bash
+# Sourced by scripts/test.sh and scripts/bench.sh: make sure Debian packages are there.
+#   ensure_packages pkg...   installs the missing ones with apt-get when run as root;
+#                            otherwise prints the exact apt-get line and exits 1.
+
+attnkit_missing_packages() {
+  local p missing=()
+  for p in "$@"; do
+    if [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" != ii* ]]; then
+      missing+=("$p")
+    fi
+  done
+  echo "${missing[*]}"
+}
+
+ensure_packages() {
+  if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "note: not a Debian/Ubuntu system; make sure these are installed: $*" >&2
+    return 0
+  fi
+  local missing
+  missing=$(attnkit_missing_packages "$@")
+  [[ -z "$missing" ]] && return 0
+  # shellcheck disable=SC2086
+  if [[ "$(id -u)" -eq 0 ]]; then
+    echo "== installing missing packages: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq </dev/null
+    apt-get install -y -qq --no-install-recommends $missing </dev/null
+    missing=$(attnkit_missing_packages "$@")
+    if [[ -n "$missing" ]]; then
+      echo "error: still missing after apt-get: $missing" >&2
+      exit 1
+    fi
+  else
+    echo "error: missing packages: $missing" >&2
+    echo "install them with:" >&2
+    echo "  sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing" >&2
+    exit 1
+  fi
+}
+
+# Packages every build needs (Debian 12 names).
+ATTNKIT_BUILD_PACKAGES=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenchmark-dev ccache pkgconf)
