@@ -90,8 +90,16 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
     return perm[perm.size() == 1 ? 0 : static_cast<std::size_t>(g)];
   };
   // Gather into rank order (K, V widened to float).
-  std::vector<float> pq(static_cast<std::size_t>(B * H * n * D)), pk(static_cast<std::size_t>(B * G * n * D)),
-      pv(static_cast<std::size_t>(B * G * n * Dv)), po(static_cast<std::size_t>(B * H * n * Dv));
+  // Rank-order copies live in per-thread buffers reused across calls (no page faults
+  // or zero-fill per call; every element is written by the gather before it is read).
+  thread_local aligned_vector<float> pq, pk, pv, po;
+  auto grow = [](aligned_vector<float>& x, index_t size) {
+    if (x.size() < static_cast<std::size_t>(size)) x.resize(static_cast<std::size_t>(size));
+  };
+  grow(pq, B * H * n * D);
+  grow(pk, B * G * n * D);
+  grow(pv, B * G * n * Dv);
+  grow(po, B * H * n * Dv);
   const auto PQ = bhsd(pq.data(), B, H, n, D);
   const auto PK = bhsd(pk.data(), B, G, n, D);
   const auto PV = bhsd(pv.data(), B, G, n, Dv);
