@@ -11,6 +11,7 @@
 #include "core/version.hpp"
 #include "kernel/dispatch.hpp"
 #include "kernel/gated.hpp"
+#include "kernel/linear_recurrent.hpp"
 #include "kernel/merge.hpp"
 #include "kernel/varlen.hpp"
 #include "observe/entropy.hpp"
