@@ -10,6 +10,7 @@
 #include "core/validate.hpp"
 #include "core/version.hpp"
 #include "kernel/dispatch.hpp"
+#include "kernel/entropy_diagnostic.hpp"
 #include "kernel/gated.hpp"
 #include "kernel/linear_recurrent.hpp"
 #include "kernel/merge.hpp"
