@@ -150,26 +150,4 @@ void register_all(bool quick) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const bool quick = take_flag(argc, argv, "--quick");
-  // Default minimum time per case (a global flag: per-benchmark MinTime() would add
-  // "/min_time:..." to every name). An explicit --benchmark_min_time wins.
-  std::vector<char*> args(argv, argv + argc);
-  std::string min_time = std::string("--benchmark_min_time=") + (quick ? "0.05" : "0.3");
-  if (!has_arg(argc, argv, "--benchmark_min_time")) args.insert(args.begin() + 1, min_time.data());
-  args.push_back(nullptr);
-  argc = static_cast<int>(args.size()) - 1;
-  argv = args.data();
-  register_all(quick);
-  benchmark::AddCustomContext("attnkit_version", std::to_string(attnkit::version_major) + "." +
-                                                     std::to_string(attnkit::version_minor) + "." +
-                                                     std::to_string(attnkit::version_patch));
-  benchmark::AddCustomContext("attnkit_arch", attnkit::simd::arch_name<attnkit::simd::default_arch>());
-  benchmark::AddCustomContext("fma_peak_isa", fma_isa());
-  benchmark::AddCustomContext("suite", quick ? "quick" : "full");
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return attnkit_bench::bench_main(argc, argv, register_all); }

@@ -7,6 +7,7 @@
 // process and report every kernel as GFLOP/s and as a fraction of that peak."
 // The peak rows are ordinary benchmarks (`peak/fma/threads:T`, `peak/triad/threads:T`)
 // so the JSON of a run carries the limits of that very run; scripts/bench.sh reads them.
+#include <attnkit/attnkit.hpp>
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -368,6 +369,32 @@ inline bool take_flag(int& argc, char** argv, const char* flag) {
   }
   argc = w;
   return found;
+}
+
+/// The main() of every bench binary: a default --benchmark_min_time (a global flag,
+/// so names stay free of "/min_time:..."), `--quick` for smaller suites, the
+/// binary's own registration, and context lines the report script reads.
+template <class Register>
+int bench_main(int argc, char** argv, Register&& register_all) {
+  const bool quick = take_flag(argc, argv, "--quick");
+  std::vector<char*> args(argv, argv + argc);
+  std::string min_time = std::string("--benchmark_min_time=") + (quick ? "0.05" : "0.3");
+  if (!has_arg(argc, argv, "--benchmark_min_time")) args.insert(args.begin() + 1, min_time.data());
+  args.push_back(nullptr);
+  argc = static_cast<int>(args.size()) - 1;
+  argv = args.data();
+  register_all(quick);
+  benchmark::AddCustomContext("attnkit_version", std::to_string(attnkit::version_major) + "." +
+                                                     std::to_string(attnkit::version_minor) + "." +
+                                                     std::to_string(attnkit::version_patch));
+  benchmark::AddCustomContext("attnkit_arch", attnkit::simd::arch_name<attnkit::simd::default_arch>());
+  benchmark::AddCustomContext("fma_peak_isa", fma_isa());
+  benchmark::AddCustomContext("suite", quick ? "quick" : "full");
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace attnkit_bench

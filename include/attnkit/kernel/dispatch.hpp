@@ -22,16 +22,22 @@
 namespace attnkit {
 
 namespace detail {
+/// Options only normalised (softmax-like) quadratic policies accept.
+template <class P>
+void check_quadratic_options(const options& opt) {
+  if constexpr (!P::normalized)
+    if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
+  if constexpr (!std::is_same_v<P, softmax>)
+    if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
+}
+
 template <class Arch, class P, class KV, class Observer>
 void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                     const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
   const problem_shape shape = validate_call(q, k, v, out, opt);
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     static_assert(quadratic_policy<P>, "attnkit: a quadratic-family policy must define `static constexpr bool normalized`");
-    if constexpr (!P::normalized)
-      if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
-    if constexpr (!std::is_same_v<P, softmax>)
-      if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
+    check_quadratic_options<P>(opt);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     if (shape.q_len * shape.group() <= decode_max_rows)
       run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
@@ -41,10 +47,7 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
   } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
     using inner = decltype(pol.inner);
     static_assert(quadratic_policy<inner>, "attnkit: sparse<Pattern, Inner> needs a quadratic inner policy");
-    if constexpr (!inner::normalized)
-      if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
-    if constexpr (!std::is_same_v<inner, softmax>)
-      if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
+    check_quadratic_options<inner>(opt);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();

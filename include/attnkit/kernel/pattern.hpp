@@ -196,20 +196,12 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
   return sel;
 }
 
-/// Shape checks a pattern needs beyond validate_call (same rules as the oracle).
+/// Pattern arguments (pattern::check_arguments, shared with the oracle) plus what
+/// only the kernel needs.
 template <class P>
 void check_pattern_args(const P& p, const problem_shape& sh, const options& opt) {
-  if constexpr (std::is_same_v<P, pattern::block_sparse>) {
-    if (p.block_q <= 0) fail("pattern.block_q", "", "> 0", p.block_q);
-    if (p.block_k <= 0) fail("pattern.block_k", "", "> 0", p.block_k);
-    if (p.layout == nullptr) fail("pattern.layout", "", "a non-null pointer", "nullptr");
-    if (p.num_q_blocks * p.block_q < sh.q_len) fail("pattern.num_q_blocks", "", ">= ceil(Lq / block_q)", p.num_q_blocks);
-    if (p.num_k_blocks * p.block_k < sh.k_len) fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
-  } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
-    if (p.height * p.width != sh.k_len) fail("pattern", "height*width", "= k.seq", p.height * p.width);
-  } else if constexpr (std::is_same_v<P, pattern::power_attention> || std::is_same_v<P, pattern::flex_prefill>) {
-    if (p.block <= 0) fail("pattern.block", "", "> 0", p.block);
-  } else if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
+  pattern::check_arguments(p, sh);
+  if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
     if (p.dilation <= 0) fail("pattern.dilation", "", "> 0", p.dilation);
   }
   if constexpr (std::is_same_v<P, pattern::flex_prefill>) {

@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <concepts>
 
+#include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
+#include "../core/validate.hpp"
 #include "family.hpp"
 #include "softmax.hpp"
 
@@ -163,6 +165,29 @@ struct flex_prefill {
   index_t block = 64;
   index_t min_budget = 1;  ///< minimum number of key blocks kept per query block
 };
+
+/// Validates a pattern's own arguments against the call's shape (kernel and oracle
+/// alike); throws invalid_argument_error naming the field.
+template <class P>
+void check_arguments(const P& p, const problem_shape& sh) {
+  if constexpr (std::is_same_v<P, pattern::block_sparse>) {
+    if (p.block_q <= 0) attnkit::detail::fail("pattern.block_q", "", "> 0", p.block_q);
+    if (p.block_k <= 0) attnkit::detail::fail("pattern.block_k", "", "> 0", p.block_k);
+    if (p.layout == nullptr) attnkit::detail::fail("pattern.layout", "", "a non-null pointer", "nullptr");
+    if (p.num_q_blocks * p.block_q < sh.q_len)
+      attnkit::detail::fail("pattern.num_q_blocks", "", ">= ceil(Lq / block_q)", p.num_q_blocks);
+    if (p.num_k_blocks * p.block_k < sh.k_len)
+      attnkit::detail::fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
+  } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
+    if (p.height * p.width != sh.k_len) attnkit::detail::fail("pattern", "height*width", "= k.seq", p.height * p.width);
+  } else if constexpr (std::is_same_v<P, pattern::power_attention>) {
+    if (p.block <= 0) attnkit::detail::fail("pattern.block", "", "> 0", p.block);
+  } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
+    if (p.block <= 0) attnkit::detail::fail("pattern.block", "", "> 0", p.block);
+  } else if constexpr (std::is_same_v<P, pattern::top_k>) {
+    if (p.k < 0) attnkit::detail::fail("pattern.k", "", ">= 0", p.k);
+  }
+}
 
 /// A pattern decided by position alone: `allowed(i, j, Lq, Lk)`.
 template <class P>

@@ -129,28 +129,6 @@ constexpr const sigmoid* sigmoid_or_null(const Inner& inner) noexcept {
   }
 }
 
-/// Shape checks a static pattern needs beyond validate_call.
-template <class P>
-void check_pattern(const P& p, const problem_shape& sh) {
-  if constexpr (std::is_same_v<P, pattern::block_sparse>) {
-    if (p.block_q <= 0) fail("pattern.block_q", "", "> 0", p.block_q);
-    if (p.block_k <= 0) fail("pattern.block_k", "", "> 0", p.block_k);
-    if (p.layout == nullptr) fail("pattern.layout", "", "a non-null pointer", "nullptr");
-    if (p.num_q_blocks * p.block_q < sh.q_len)
-      fail("pattern.num_q_blocks", "", ">= ceil(Lq / block_q)", p.num_q_blocks);
-    if (p.num_k_blocks * p.block_k < sh.k_len)
-      fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
-  } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
-    if (p.height * p.width != sh.k_len) fail("pattern", "height*width", "= k.seq", p.height * p.width);
-  } else if constexpr (std::is_same_v<P, pattern::power_attention>) {
-    if (p.block <= 0) fail("pattern.block", "", "> 0", p.block);
-  } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
-    if (p.block <= 0) fail("pattern.block", "", "> 0", p.block);
-  } else if constexpr (std::is_same_v<P, pattern::top_k>) {
-    if (p.k < 0) fail("pattern.k", "", ">= 0", p.k);
-  }
-}
-
 /// Keeps the k largest logits of every row (ties: smaller key index).
 inline void keep_top_k(std::vector<double>& L, index_t Lq, index_t Lk, index_t k) {
   for (index_t i = 0; i < Lq; ++i) {
@@ -283,7 +261,7 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
                  const tensor_view<TV>& v, const tensor_view<TO>& out, const options& opt = {},
                  const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
-  detail::check_pattern(pol.pattern, sh);
+  pattern::check_arguments(pol.pattern, sh);
   const sigmoid* sig = detail::sigmoid_or_null(pol.inner);
   return detail::run_quadratic(sig, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
     const index_t Lq = sh.q_len, Lk = sh.k_len;
