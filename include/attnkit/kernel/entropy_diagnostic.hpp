@@ -16,21 +16,13 @@
 
 namespace attnkit {
 
-template <class Arch = simd::default_arch, class F, class Observer>
-void kernelized_entropy(const linear<F>& pol, tensor_view<const float> q, tensor_view<const float> k,
-                        tensor_view<const float> v, const options& opt, Observer&& obs, index_t sample_rows = 0,
-                        std::uint64_t seed = 0) {
-  using O = std::remove_cvref_t<Observer>;
-  static_assert(O::enabled, "kernelized_entropy needs an enabled observer, e.g. attnkit::observe(stats)");
-  // Validation reuses validate_call with an output-shaped scratch view (never read).
-  std::vector<float> scratch(static_cast<std::size_t>(std::max<index_t>(q.batch(), 0) * std::max<index_t>(q.heads(), 0) *
-                                                      std::max<index_t>(q.seq(), 0) * std::max<index_t>(v.dim(), 0)));
-  const problem_shape sh =
-      validate_call(q, k, v, bhsd(scratch.data(), q.batch(), q.heads(), q.seq(), v.dim()), opt);
-  detail::check_kernelized_options(opt, "kernelized_entropy");
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
-  const detail::linear_feature<Arch, F> phi{pol.phi, sh.head_dim, sh.q_len, tau};
-  const index_t M = phi.dim();
+namespace detail {
+/// Shared body: fq/fk are resolved feature maps, decay per query head (or empty).
+template <class Arch, class FQ, class FK, class Observer>
+void kernelized_entropy_impl(const FQ& fq_map, const FK& fk_map, std::span<const float> decay, const problem_shape& sh,
+                             const tensor_view<const float>& q, const tensor_view<const float>& k, const options& opt,
+                             Observer& obs, index_t sample_rows, std::uint64_t seed) {
+  const index_t M = fq_map.dim();
   // Rows to visit: all, or a reproducible sample (sorted).
   std::vector<index_t> rows(static_cast<std::size_t>(sh.q_len));
   for (index_t i = 0; i < sh.q_len; ++i) rows[static_cast<std::size_t>(i)] = i;
@@ -47,16 +39,16 @@ void kernelized_entropy(const linear<F>& pol, tensor_view<const float> q, tensor
   parallel_for(sh.batch * sh.q_heads, resolve_num_threads(opt.num_threads), [&](index_t bh) {
     const index_t b = bh / sh.q_heads, h = bh % sh.q_heads, g = h / sh.group();
     const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
-    const double lambda = pol.decay.empty() ? 1.0 : pol.decay[static_cast<std::size_t>(h)];
+    const double lambda = decay.empty() ? 1.0 : decay[static_cast<std::size_t>(h)];
     std::vector<float> fk(static_cast<std::size_t>(std::max<index_t>(bk.lk, 0) * M)), fq(static_cast<std::size_t>(M));
     for (index_t j = 0; j < bk.lk; ++j)
-      phi.map(k.row(b, g, j), detail::token_ref{b, g, j, false, bk}, fk.data() + j * M);
+      fk_map.map(k.row(b, g, j), token_ref{b, g, j, false, bk}, fk.data() + j * M);
     for (index_t i : rows) {
       index_t p = bk.lk;
       if (opt.causal == causal::top_left) p = std::min(p, i + 1);
       if (opt.causal == causal::bottom_right) p = std::min(p, i + bk.delta + 1);
       p = std::max<index_t>(p, 0);
-      phi.map(q.row(b, h, i), detail::token_ref{b, h, i, true, bk}, fq.data());
+      fq_map.map(q.row(b, h, i), token_ref{b, h, i, true, bk}, fq.data());
       double W = 0, t = 0;
       for (index_t j = 0; j < p; ++j) {
         double w = simd::dot<Arch>(fq.data(), fk.data() + j * M, M);
@@ -80,4 +72,42 @@ void kernelized_entropy(const linear<F>& pol, tensor_view<const float> q, tensor
   obs.end();
 }
 
+/// Validation shared by the public overloads (an output-shaped scratch view stands
+/// in for `out`, which a diagnostic does not have).
+inline problem_shape validate_diagnostic(const tensor_view<const float>& q, const tensor_view<const float>& k,
+                                         const tensor_view<const float>& v, const options& opt) {
+  std::vector<float> scratch(static_cast<std::size_t>(std::max<index_t>(q.batch(), 0) * std::max<index_t>(q.heads(), 0) *
+                                                      std::max<index_t>(q.seq(), 0) * std::max<index_t>(v.dim(), 0)));
+  const problem_shape sh = validate_call(q, k, v, bhsd(scratch.data(), q.batch(), q.heads(), q.seq(), v.dim()), opt);
+  check_kernelized_options(opt, "kernelized_entropy");
+  return sh;
+}
+}  // namespace detail
+
+/// Exact row entropy of linear<F> (all rows, or `sample_rows` per head from `seed`).
+template <class Arch = simd::default_arch, class F, class Observer>
+void kernelized_entropy(const linear<F>& pol, tensor_view<const float> q, tensor_view<const float> k,
+                        tensor_view<const float> v, const options& opt, Observer&& obs, index_t sample_rows = 0,
+                        std::uint64_t seed = 0) {
+  static_assert(std::remove_cvref_t<Observer>::enabled, "kernelized_entropy needs an enabled observer, e.g. observe(stats)");
+  const problem_shape sh = detail::validate_diagnostic(q, k, v, opt);
+  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  const detail::linear_feature<Arch, F> phi{pol.phi, sh.head_dim, sh.q_len, tau};
+  detail::kernelized_entropy_impl<Arch>(phi, phi, pol.decay, sh, q, k, opt, obs, sample_rows, seed);
+}
+
+/// Exact row entropy of LLN's weights (the kernelised part; with `.diag` the
+/// block-diagonal softmax half is not included).
+template <class Arch = simd::default_arch, class Observer>
+void kernelized_entropy(const log_normal& pol, tensor_view<const float> q, tensor_view<const float> k,
+                        tensor_view<const float> v, const options& opt, Observer&& obs, index_t sample_rows = 0,
+                        std::uint64_t seed = 0) {
+  static_assert(std::remove_cvref_t<Observer>::enabled, "kernelized_entropy needs an enabled observer, e.g. observe(stats)");
+  const problem_shape sh = detail::validate_diagnostic(q, k, v, opt);
+  detail::lln_feature_pair<Arch> f;
+  detail::lln_features<Arch>(pol, sh, q, k, opt, f);
+  detail::kernelized_entropy_impl<Arch>(f.q, f.k, {}, sh, q, k, opt, obs, sample_rows, seed);
+}
+
 }  // namespace attnkit
+

@@ -174,16 +174,24 @@ struct block_diagonal_keys {
   bool allowed(index_t, index_t, index_t, index_t) const { return true; }
 };
 
+/// LLN's resolved query/key feature maps for one call: α, β (moment matching unless
+/// given) and the per (batch, kv head) key shift. Owns the shift table.
+template <class Arch>
+struct lln_feature_pair {
+  std::vector<float> shift;
+  lln_feature<Arch> q, k;  ///< k points into `shift`: the pair is filled in place
+  lln_feature_pair() = default;
+  lln_feature_pair(const lln_feature_pair&) = delete;
+  lln_feature_pair& operator=(const lln_feature_pair&) = delete;
+};
+
 template <class Arch, class KV>
-void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
-                    const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                    const options& opt) {
-  check_kernelized_options(opt, "log-normal attention");
-  if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
+void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                  const tensor_view<const KV>& k, const options& opt, lln_feature_pair<Arch>& f) {
   lln_coefficients c{pol.alpha.value_or(1.0), pol.beta.value_or(1.0)};
   if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q), sample_std_of(k));
   // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio.
-  std::vector<float> shift(static_cast<std::size_t>(sh.batch * sh.kv_heads), 0.0f);
+  f.shift.assign(static_cast<std::size_t>(sh.batch * sh.kv_heads), 0.0f);
   const float beta = static_cast<float>(c.beta);
   for (index_t b = 0; b < sh.batch; ++b) {
     const index_t lk = keys_of_batch(opt, b, sh.q_len, sh.k_len).lk;
@@ -193,11 +201,23 @@ void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor
         const KV* r = k.row(b, g, j);
         for (index_t d = 0; d < sh.head_dim; ++d) m = std::max(m, beta * to_float(r[d]));
       }
-      shift[static_cast<std::size_t>(b * sh.kv_heads + g)] = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
+      f.shift[static_cast<std::size_t>(b * sh.kv_heads + g)] = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
     }
   }
-  const lln_feature<Arch> fq{c.alpha, sh.head_dim, nullptr, sh.kv_heads};
-  const lln_feature<Arch> fk{c.beta, sh.head_dim, &shift, sh.kv_heads};
+  f.q = lln_feature<Arch>{c.alpha, sh.head_dim, nullptr, sh.kv_heads};
+  f.k = lln_feature<Arch>{c.beta, sh.head_dim, &f.shift, sh.kv_heads};
+}
+
+template <class Arch, class KV>
+void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                    const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
+                    const options& opt) {
+  check_kernelized_options(opt, "log-normal attention");
+  if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
+  lln_feature_pair<Arch> f;
+  lln_features<Arch>(pol, sh, q, k, opt, f);
+  const auto& fq = f.q;
+  const auto& fk = f.k;
   run_kernelized<Arch>(fq, fk, kernelized_params{true, pol.eps, {}}, sh, q, k, v, out, opt);
   if (!pol.diag) return;
   // LLN+Diag: average with block-diagonal softmax (block = D) over the same prefix.
