@@ -4,6 +4,8 @@
 
 #include <cstring>
 #include <limits>
+#include <cstdlib>
+#include <thread>
 
 #include "support.hpp"
 
@@ -151,4 +153,29 @@ TEST_CASE("attention_varlen equals per-sequence calls", "[varlen]") {
   CHECK_THROWS_WITH(attention_varlen(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(untouched), bad, cu_k),
                     Catch::Contains("cu_seqlens_q") && Catch::Contains("non-decreasing"));
   for (float x : untouched) REQUIRE(x == 7.0f);
+}
+
+TEST_CASE("thread count: options, then ATTNKIT_NUM_THREADS, then the hardware", "[threads]") {
+  CHECK(resolve_num_threads(3) == 3);
+  ::setenv("ATTNKIT_NUM_THREADS", "5", 1);
+  CHECK(resolve_num_threads(0) == 5);
+  CHECK(resolve_num_threads(2) == 2);
+  ::setenv("ATTNKIT_NUM_THREADS", "nonsense", 1);
+  CHECK(resolve_num_threads(0) >= 1);
+  ::unsetenv("ATTNKIT_NUM_THREADS");
+  CHECK(resolve_num_threads(0) == static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+TEST_CASE("concurrent calls from several user threads on shared inputs are safe and exact", "[threads]") {
+  problem p(1, 4, 2, 200, 300, 32, 32, 77);
+  std::vector<float> ref(p.out_size());
+  attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(ref));
+  std::vector<std::vector<float>> outs(4, std::vector<float>(p.out_size()));
+  std::vector<std::thread> users;
+  for (int u = 0; u < 4; ++u)
+    users.emplace_back([&, u] {
+      for (int rep = 0; rep < 3; ++rep) attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(outs[static_cast<std::size_t>(u)]));
+    });
+  for (auto& t : users) t.join();
+  for (const auto& o : outs) CHECK(std::memcmp(o.data(), ref.data(), ref.size() * sizeof(float)) == 0);
 }
