@@ -5,11 +5,25 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace attnkit_test {
 
 using attnkit::index_t;
+
+/// The SIMD code paths the tests instantiate. Every compiled arch by default; the
+/// sanitizer build (ATTNKIT_TEST_ARCHS=best) keeps only the scalar path and the
+/// default (best) arch, which halves its compile time: ASan and UBSan look for memory
+/// and UB errors in the shared skeleton, which every arch runs through.
+#if defined(ATTNKIT_TEST_BEST_ARCH_ONLY)
+using archs = std::conditional_t<attnkit::simd::is_scalar_v<attnkit::simd::default_arch>,
+                                 std::tuple<attnkit::simd::scalar>,
+                                 std::tuple<attnkit::simd::scalar, attnkit::simd::default_arch>>;
+#else
+using archs = attnkit::simd::compiled_archs;
+#endif
 
 /// Deterministic normal(0, sigma) data; the seed is printed by failing tests via INFO.
 inline std::vector<float> randn(std::size_t n, std::uint32_t seed, float sigma = 1.0f) {

@@ -13,7 +13,7 @@ namespace {
 constexpr double tol = 2e-5;
 }
 
-TEMPLATE_LIST_TEST_CASE("linear and LLN match the oracle", "[linear][lln][oracle]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("linear and LLN match the oracle", "[linear][lln][oracle]", attnkit_test::archs) {
   const auto proj = feature::orthogonal_projection(96, 40, 7);
   const float decay[4] = {0.9f, 0.95f, 0.99f, 1.0f};
   struct shape {

@@ -28,7 +28,7 @@ std::vector<bool> nan_rows(index_t Lq, index_t Lk, const char* where, index_t at
 }
 }  // namespace
 
-TEMPLATE_LIST_TEST_CASE("NaN in q or k propagates to exactly the rows that see it", "[numerics]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("NaN in q or k propagates to exactly the rows that see it", "[numerics]", attnkit_test::archs) {
   for (index_t L : {index_t{100}, index_t{1}}) {
     const auto rq = nan_rows<TestType>(L, L, "q", L > 3 ? 3 : 0);
     for (index_t i = 0; i < L; ++i) CHECK(rq[static_cast<std::size_t>(i)] == (i == (L > 3 ? 3 : 0)));
@@ -38,7 +38,7 @@ TEMPLATE_LIST_TEST_CASE("NaN in q or k propagates to exactly the rows that see i
   }
 }
 
-TEMPLATE_LIST_TEST_CASE("huge logits stay finite; D = 1 and N = 1 work", "[numerics]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("huge logits stay finite; D = 1 and N = 1 work", "[numerics]", attnkit_test::archs) {
   attnkit_test::problem p(1, 2, 1, 33, 47, 1, 3, 5, 100.0f);  // |q·k| up to ~1e4
   std::vector<float> out(p.out_size());
   for (causal c : {causal::none, causal::bottom_right}) {

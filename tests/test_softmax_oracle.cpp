@@ -26,7 +26,7 @@ void check(const problem& p, const options& o, const std::string& what) {
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("softmax matches the oracle: shapes, head dims, GQA", "[softmax][oracle]",
-                        simd::compiled_archs) {
+                        attnkit_test::archs) {
   const bool scalar = simd::is_scalar_v<TestType>;
   for (index_t D : {16, 40, 64, 80, 128, 256}) {
     if (scalar && D > 64) continue;  // the scalar path is slow; its logic is the same
@@ -40,7 +40,7 @@ TEMPLATE_LIST_TEST_CASE("softmax matches the oracle: shapes, head dims, GQA", "[
 }
 
 TEMPLATE_LIST_TEST_CASE("softmax matches the oracle: masks and logit terms", "[softmax][oracle]",
-                        simd::compiled_archs) {
+                        attnkit_test::archs) {
   const index_t Lq = 97, Lk = 131;
   problem p(2, 4, 2, Lq, Lk, 40, 24, 7);
   for (causal c : {causal::none, causal::top_left, causal::bottom_right}) {
@@ -85,7 +85,7 @@ TEMPLATE_LIST_TEST_CASE("softmax matches the oracle: masks and logit terms", "[s
   check<TestType>(d, dm, "decode with ALiBi, softcap, sinks, window");
 }
 
-TEMPLATE_LIST_TEST_CASE("softmax reads BSHD and strided views in place", "[softmax][oracle]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("softmax reads BSHD and strided views in place", "[softmax][oracle]", attnkit_test::archs) {
   const index_t B = 2, H = 4, G = 2, L = 70, D = 24;
   const auto q = attnkit_test::randn(static_cast<std::size_t>(B * L * H * D), 11);
   const auto k = attnkit_test::randn(static_cast<std::size_t>(B * L * G * D), 12);
@@ -106,7 +106,7 @@ TEMPLATE_LIST_TEST_CASE("softmax reads BSHD and strided views in place", "[softm
   CHECK(err <= tol * mx);
 }
 
-TEMPLATE_LIST_TEST_CASE("sigmoid matches the oracle", "[sigmoid][oracle]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("sigmoid matches the oracle", "[sigmoid][oracle]", attnkit_test::archs) {
   problem p(2, 4, 2, 83, 140, 40, 24, 21);
   for (causal c : {causal::none, causal::top_left, causal::bottom_right}) {
     options o;

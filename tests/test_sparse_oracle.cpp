@@ -22,7 +22,7 @@ void check(const P& pol, const problem& p, const options& o, const char* what) {
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("static and block-selection patterns match the oracle", "[sparse][oracle]",
-                        simd::compiled_archs) {
+                        attnkit_test::archs) {
   const bool small = simd::is_scalar_v<TestType>;
   const index_t Lq = small ? 90 : 260, Lk = small ? 100 : 300;
   problem p(2, 4, 2, Lq, Lk, 40, 24, 17);
@@ -51,7 +51,7 @@ TEMPLATE_LIST_TEST_CASE("static and block-selection patterns match the oracle", 
   check<TestType>(sparse{pattern::sink_window{4, 30}}, p, ab, "sink window + ALiBi + softcap");
 }
 
-TEMPLATE_LIST_TEST_CASE("stochastic permutation matches the oracle", "[permutation][oracle]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("stochastic permutation matches the oracle", "[permutation][oracle]", attnkit_test::archs) {
   const index_t L = simd::is_scalar_v<TestType> ? 60 : 300;
   problem p(2, 4, 2, L, L, 40, 24, 19);
   const auto bias = attnkit_test::randn(static_cast<std::size_t>(L * L), 20);

@@ -196,21 +196,6 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
   return sel;
 }
 
-/// Pattern arguments (pattern::check_arguments, shared with the oracle) plus what
-/// only the kernel needs.
-template <class P>
-void check_pattern_args(const P& p, const problem_shape& sh, const options& opt) {
-  pattern::check_arguments(p, sh);
-  if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
-    if (p.dilation <= 0) fail("pattern.dilation", "", "> 0", p.dilation);
-  }
-  if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
-    // Candidate blocks come from the analytic masks; element masks would need an N² scan.
-    if (opt.mask.data) fail("options.mask", "", "none with flex_prefill (candidates are found analytically)", "a mask");
-    if (opt.bias.data) fail("options.bias", "", "none with flex_prefill (candidates are found analytically)", "a bias");
-  }
-}
-
 /// The window a pattern bounds each row to (0: unbounded), for block sizing.
 template <class P>
 index_t pattern_band(const P& p) {
@@ -228,7 +213,7 @@ template <class Arch, class P, class Inner, class Obs, class KV>
 void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
                 const options& opt, Obs& obs) {
-  check_pattern_args(pol.pattern, sh, opt);
+  pattern::check_arguments(pol.pattern, sh, opt);
   if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
     const auto sel = select_blocks(pol.pattern, sh, q, k, opt, resolve_num_threads(opt.num_threads));
     run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, sel);

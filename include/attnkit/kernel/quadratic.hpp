@@ -337,11 +337,18 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
       if (pattern_partial) {  // the pattern's element test on a tile it calls partial
         alignas(64) float t[NC * W];
         for (int r = 0; r < R; ++r) {
+          // Padding rows of the last strip and keys past Lk never reach the pattern:
+          // its hooks may index per-row or per-key tables (found by ASan).
+          const index_t row = row0 + r0 + r;
+          if (row >= c.shape.q_len) continue;
           for (int k = 0; k < NC; ++k) O::store(t + k * W, acc[r][k]);
           for (int jj = 0; jj < NC * W; ++jj) {
-            if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); })  // additive: −inf masks
-              t[jj] += c.keys.adjust(b, h, row0 + r0 + r, j0 + jj) * log2e;
-            else if (!c.keys.allowed(b, h, row0 + r0 + r, j0 + jj))
+            const index_t j = j0 + jj;
+            if (j >= c.shape.k_len)
+              t[jj] = neg_inf;
+            else if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); })  // additive: −inf masks
+              t[jj] += c.keys.adjust(b, h, row, j) * log2e;
+            else if (!c.keys.allowed(b, h, row, j))
               t[jj] = neg_inf;
           }
           for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + k * W);

@@ -17,6 +17,7 @@
 #include <concepts>
 
 #include "../core/error.hpp"
+#include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
 #include "../core/validate.hpp"
 #include "family.hpp"
@@ -166,10 +167,11 @@ struct flex_prefill {
   index_t min_budget = 1;  ///< minimum number of key blocks kept per query block
 };
 
-/// Validates a pattern's own arguments against the call's shape (kernel and oracle
-/// alike); throws invalid_argument_error naming the field.
+/// Validates a pattern's own arguments against the call's shape and options; the
+/// kernel and the oracle both call it, so they accept exactly the same calls (the
+/// fuzz harness checks this). Throws invalid_argument_error naming the field.
 template <class P>
-void check_arguments(const P& p, const problem_shape& sh) {
+void check_arguments(const P& p, const problem_shape& sh, const options& opt) {
   if constexpr (std::is_same_v<P, pattern::block_sparse>) {
     if (p.block_q <= 0) attnkit::detail::fail("pattern.block_q", "", "> 0", p.block_q);
     if (p.block_k <= 0) attnkit::detail::fail("pattern.block_k", "", "> 0", p.block_k);
@@ -180,10 +182,23 @@ void check_arguments(const P& p, const problem_shape& sh) {
       attnkit::detail::fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
   } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
     if (p.height * p.width != sh.k_len) attnkit::detail::fail("pattern", "height*width", "= k.seq", p.height * p.width);
+    if (p.dilation <= 0) attnkit::detail::fail("pattern.dilation", "", "> 0", p.dilation);
+    if (p.kernel_h <= 0 || p.kernel_w <= 0)
+      attnkit::detail::fail("pattern.kernel_h/kernel_w", "", "> 0", std::min(p.kernel_h, p.kernel_w));
   } else if constexpr (std::is_same_v<P, pattern::power_attention>) {
     if (p.block <= 0) attnkit::detail::fail("pattern.block", "", "> 0", p.block);
   } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
     if (p.block <= 0) attnkit::detail::fail("pattern.block", "", "> 0", p.block);
+    // Candidate blocks come from the analytic masks; element masks would need an N² scan.
+    if (opt.mask.data)
+      attnkit::detail::fail("options.mask", "", "none with flex_prefill (candidates are found analytically)", "a mask");
+    if (opt.bias.data)
+      attnkit::detail::fail("options.bias", "", "none with flex_prefill (candidates are found analytically)", "a bias");
+  } else if constexpr (std::is_same_v<P, pattern::dilated_window>) {
+    if (p.dilation <= 0) attnkit::detail::fail("pattern.dilation", "", "> 0", p.dilation);
+  } else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>) {
+    if (p.dilation <= 0) attnkit::detail::fail("pattern.dilation", "", "> 0", p.dilation);
+    if (p.kernel <= 0) attnkit::detail::fail("pattern.kernel", "", "> 0", p.kernel);
   } else if constexpr (std::is_same_v<P, pattern::top_k>) {
     if (p.k < 0) attnkit::detail::fail("pattern.k", "", ">= 0", p.k);
   }

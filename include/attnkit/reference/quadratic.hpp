@@ -261,7 +261,7 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
                  const tensor_view<TV>& v, const tensor_view<TO>& out, const options& opt = {},
                  const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
-  pattern::check_arguments(pol.pattern, sh);
+  pattern::check_arguments(pol.pattern, sh, opt);
   const sigmoid* sig = detail::sigmoid_or_null(pol.inner);
   return detail::run_quadratic(sig, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
     const index_t Lq = sh.q_len, Lk = sh.k_len;
