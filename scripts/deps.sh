@@ -42,3 +42,6 @@ ensure_packages() {
 
 # Packages every build needs (Debian 12 names).
 ATTNKIT_BUILD_PACKAGES=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenchmark-dev ccache pkgconf)
+
+# Sanitizer and fuzzing builds: Clang and its runtime libraries (ASan, UBSan, libFuzzer).
+ATTNKIT_CLANG_PACKAGES=(clang libclang-rt-14-dev)

@@ -4,7 +4,9 @@
 #
 #   scripts/test.sh [--sanitize] [--build-dir DIR]
 #
-#   --sanitize        ASan + UBSan build in its own directory (default build-sanitize)
+#   --sanitize        ASan + UBSan build with Clang in its own directory (default
+#                     build-sanitize); the oracle tests instantiate scalar + the best
+#                     arch only (ATTNKIT_TEST_ARCHS=best), to stay in CI's time budget
 #   --build-dir DIR   build directory (default: build, or build-sanitize)
 #
 # Installs missing Debian packages with apt-get when run as root; otherwise prints the
@@ -19,7 +21,7 @@ while [[ $# -gt 0 ]]; do
     --sanitize) sanitize=1 ;;
     --build-dir) [[ $# -ge 2 ]] || { echo "error: --build-dir needs a value" >&2; exit 2; }; build_dir=$2; shift ;;
     --build-dir=*) build_dir=${1#*=} ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -28,6 +30,7 @@ done
 # shellcheck source=scripts/deps.sh
 source "$root/scripts/deps.sh"
 ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}"
+[[ $sanitize -eq 1 ]] && ensure_packages "${ATTNKIT_CLANG_PACKAGES[@]}"
 
 if [[ -z "$build_dir" ]]; then
   build_dir="$root/build"
@@ -45,9 +48,10 @@ args=(-S "$root" -B "$build_dir"
       -DATTNKIT_BUILD_TESTS=ON -DATTNKIT_BUILD_EXAMPLES=ON
       -DATTNKIT_WERROR=$werror)
 if [[ $sanitize -eq 1 ]]; then
+  # Clang: it compiles the instrumented tests about 4x faster than GCC 12 here.
   san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-  args+=("-DCMAKE_CXX_FLAGS=$san" "-DCMAKE_EXE_LINKER_FLAGS=$san" "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -g"
-         -DATTNKIT_BUILD_BENCH=OFF)
+  args+=(-DCMAKE_CXX_COMPILER=clang++ "-DCMAKE_CXX_FLAGS=$san" "-DCMAKE_EXE_LINKER_FLAGS=$san"
+         "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -g" -DATTNKIT_BUILD_BENCH=OFF -DATTNKIT_TEST_ARCHS=best)
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 else

@@ -118,7 +118,10 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       float m = neg_inf, l = 0.0f, t = 0.0f;
       if constexpr (normalized) {
         for (index_t j = 0; j < len; ++j) m = rowS[j] != rowS[j] ? rowS[j] : std::max(m, rowS[j]);
-        if (m != neg_inf) {
+        if (m != m) [[unlikely]] {  // a NaN logit: the row is NaN (set here, not left to exp2's bit tricks)
+          m = l = t = std::numeric_limits<float>::quiet_NaN();
+          std::fill_n(rowS, len, m);
+        } else if (m != neg_inf) {
           constexpr int W = O::width;
           const typename O::vf mv = O::set1(m);
           typename O::vf lv = O::set1(0.0f), tv = O::set1(0.0f);
@@ -193,6 +196,19 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         for (int r = 0; r < R; ++r)
           for (index_t j = 0; j < keys; ++j)
             for (index_t d = dfull; d < Dv; ++d) o[r * rec + d] += P[r * len + j] * v0[j * vstride + d];
+        // A non-finite result with a finite row state came from V: redo the row with
+        // only its nonzero weights, so a masked key's NaN/Inf (0·NaN) cannot leak in.
+        for (int r = 0; r < R; ++r) {
+          float* orow = o + r * rec;
+          const float* prow = partial + ((bg * chunks + ch) * rows + r0 + r) * rec;
+          float probe = 0.0f;
+          for (index_t d = 0; d < Dv; ++d) probe += orow[d] * 0.0f;
+          if (probe == probe || prow[1] != prow[1]) [[likely]] continue;
+          std::fill_n(orow, Dv, 0.0f);
+          for (index_t j = 0; j < keys; ++j)
+            if (const float p = P[r * len + j]; p != 0.0f)
+              for (index_t d = 0; d < Dv; ++d) orow[d] += p * v0[j * vstride + d];
+        }
       }
     }
   });

@@ -85,10 +85,12 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
     // Feature-map keys [j0, j0+n) into phik_t [M][BN] (transposed, zero-padded) and
     // their values into vpad [BN][Dvp].
     index_t loaded_j0 = -1, loaded_n = 0;  // keys currently in phik_t / vpad (unscaled by decay)
+    bool loaded_v_nonfinite = false;       // vpad holds a NaN or Inf
     auto load_keys = [&](index_t j0, index_t n) {
       if (j0 == loaded_j0 && n == loaded_n) return;  // the intra-chunk keys are absorbed next: reuse
       loaded_j0 = j0;
       loaded_n = n;
+      float finite_probe = 0.0f;  // x·0 is NaN iff x is NaN or ±Inf
       if (n < BN) {  // only a partial chunk needs zero padding
         std::fill_n(phik_t.data(), M * BN, 0.0f);
         std::fill_n(vpad.data(), BN * Dvp, 0.0f);
@@ -107,8 +109,10 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
         float* vrow = vpad.data() + jj * Dvp;
         widen(v.row(b, g, j0 + jj), vrow, Dv);
+        for (index_t d = 0; d < Dv; ++d) finite_probe += vrow[d] * 0.0f;
         std::fill(vrow + Dv, vrow + Dvp, 0.0f);
       }
+      loaded_v_nonfinite = finite_probe != finite_probe;
     };
     // (S, z) ← λ^n (S, z) + Σ_j λ^{n−1−jj} φ(k_j) (v_j, 1) over the loaded keys.
     auto absorb = [&](index_t n) {
@@ -198,6 +202,13 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
               rs += pr[jj];
             }
             den[static_cast<std::size_t>(r0 + r)] += rs;
+          }
+          if (loaded_v_nonfinite) [[unlikely]] {  // keep a later key's NaN/Inf V out of earlier rows (0·NaN)
+            for (int r = 0; r < R; ++r)
+              for (index_t jj = 0; jj < n; ++jj)
+                if (const float p = P[static_cast<std::size_t>(r * BN + jj)]; p != 0.0f)
+                  simd::axpy<Arch>(p, vpad.data() + jj * Dvp, o.data() + (r0 + r) * Dvp, Dvp);
+            continue;
           }
           for (index_t dc = 0; dc < Dvp;) {
             const int nv = static_cast<int>(std::min<index_t>(NV, (Dvp - dc) / W));

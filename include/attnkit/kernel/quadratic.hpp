@@ -41,6 +41,9 @@ struct packed_kv {
   index_t key_tiles = 0, dim = 0, vdim_padded = 0;
   float* kt = nullptr;  // [B·Hkv][key_tiles][dim][BN]
   float* vr = nullptr;  // [B·Hkv][key_tiles·BN][vdim_padded]
+  /// Per (b, kv head): V holds a NaN or Inf. Such heads take a P·V path that skips
+  /// zero weights, so a masked key's non-finite V cannot leak in as 0·NaN.
+  const unsigned char* v_nonfinite = nullptr;
 
   std::size_t k_head_size() const { return static_cast<std::size_t>(key_tiles * dim * BN); }
   std::size_t v_head_size() const { return static_cast<std::size_t>(key_tiles * BN * vdim_padded); }
@@ -52,7 +55,10 @@ struct packed_kv {
   template <class KV>
   void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads) {
     thread_local aligned_vector<float> storage;
+    thread_local std::vector<unsigned char> flags;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
+    flags.assign(static_cast<std::size_t>(B * G), 0);
+    v_nonfinite = flags.data();
     dim = k.dim();
     key_tiles = (Lk + BN - 1) / BN;
     vdim_padded = (Dv + tile::width - 1) / tile::width * tile::width;
@@ -64,14 +70,17 @@ struct packed_kv {
       const index_t b = bg / G, g = bg % G;
       float* kh = kt + bg * k_head_size();
       float* vh = vr + bg * v_head_size();
+      float finite_probe = 0.0f;  // x·0 is NaN iff x is NaN or ±Inf
       for (index_t j = 0; j < Lk; ++j) {
         const KV* kr = k.row(b, g, j);
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = to_float(kr[d]);
         float* vrow = vh + j * vdim_padded;
         widen(v.row(b, g, j), vrow, Dv);
+        for (index_t d = 0; d < Dv; ++d) finite_probe += vrow[d] * 0.0f;
         std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
       }
+      flags[static_cast<std::size_t>(bg)] = finite_probe != finite_probe;
       for (index_t j = Lk; j < key_tiles * BN; ++j) {  // tail keys: zero K columns and V rows
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = 0.0f;
@@ -303,7 +312,7 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
 template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
 void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
                 const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
-                bool pattern_partial) {
+                bool pattern_partial, bool v_nonfinite) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   using tile = simd::tile_shape<Arch>;
@@ -373,12 +382,24 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
   for (int r = 0; r < R; ++r) {
     const int row = r0 + r;
     if constexpr (normalized) {
-      vf mx = acc[r][0];
-      for (int k = 1; k < NC; ++k) mx = O::max(acc[r][k], mx);  // NaN lanes of mx survive
+      vf mx = acc[r][0], probe = acc[r][0];
+      for (int k = 1; k < NC; ++k) {
+        mx = O::max(acc[r][k], mx);
+        probe = probe + acc[r][k];
+      }
       const float m_old = sc.m[row];
+      // A NaN logit (or +inf, which the oracle also turns into NaN) makes the row NaN.
+      // x86 max drops NaN operands, so NaN is found through the lane sum instead,
+      // and the row is poisoned explicitly rather than through exp2's bit tricks.
+      if (O::has_nan(probe)) [[unlikely]] {
+        const vf nan = O::set1(std::numeric_limits<float>::quiet_NaN());
+        for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, nan);
+        sc.m[row] = sc.l[row] = sc.t[row] = std::numeric_limits<float>::quiet_NaN();
+        scale[r] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       const float rm = O::reduce_max(mx);
-      // A NaN logit makes the row NaN (it propagates through alpha and P).
-      const float m_new = rm != rm ? rm : std::max(m_old, rm);
+      const float m_new = m_old != m_old ? m_old : std::max(m_old, rm);  // NaN stays
       if (m_new == neg_inf) {  // nothing visible yet: weights are all zero
         for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, O::set1(0.0f));
         scale[r] = 1.0f;
@@ -405,9 +426,17 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
     } else {
       const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
       vf mass = O::set1(0.0f), wlogw = O::set1(0.0f);
+      bool nan_row = false;
+      for (int k = 0; k < NC; ++k) nan_row = nan_row || O::has_nan(acc[r][k]);
       for (int k = 0; k < NC; ++k) {
         const vf e = O::exp2_fast(nb - acc[r][k]);
         vf p = O::set1(1.0f) / (O::set1(1.0f) + e);
+        if (nan_row) [[unlikely]] {  // exp2_fast does not promise NaN in, NaN out
+          if constexpr (simd::is_scalar_v<Arch>)
+            p = acc[r][k] != acc[r][k] ? acc[r][k] : p;
+          else
+            p = xsimd::select(acc[r][k] == acc[r][k], p, acc[r][k]);  // (xsimd's != is ordered)
+        }
         if constexpr (Masked) {
           if constexpr (simd::is_scalar_v<Arch>)
             p = acc[r][k] == neg_inf ? 0.0f : p;
@@ -431,6 +460,15 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
   // O[R][Dv] = scale·O + P·V, in chunks of up to `value_vectors` vectors.
   constexpr int NV = tile::value_vectors;
   float* o = sc.o.data() + r0 * Dvp;
+  if (v_nonfinite) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
+    for (int r = 0; r < R; ++r) {
+      float* orow = o + r * Dvp;
+      for (index_t d = 0; d < Dvp; ++d) orow[d] *= scale[r];
+      for (int jj = 0; jj < BN; ++jj)
+        if (const float p = P[r * BN + jj]; p != 0.0f) simd::axpy<Arch>(p, vtile + jj * Dvp, orow, Dvp);
+    }
+    return;
+  }
   index_t dc = 0;
   for (; dc + NV * W <= Dvp; dc += NV * W)
     simd::pv_tile<Arch, R, NV>(P, BN, vtile + dc, Dvp, BN, o + dc, Dvp, scale);
@@ -441,11 +479,12 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
 template <class Arch, class Pol, class Obs, int R, class Keys>
 void strip_dispatch(bool masked, const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0,
                     index_t j0, const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk,
-                    float bias2, bool pattern_partial) {
+                    float bias2, bool pattern_partial, bool v_nonfinite) {
   if (masked)
-    strip_step<Arch, Pol, Obs, R, true>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial);
+    strip_step<Arch, Pol, Obs, R, true>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial,
+                                        v_nonfinite);
   else
-    strip_step<Arch, Pol, Obs, R, false>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, false);
+    strip_step<Arch, Pol, Obs, R, false>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, false, v_nonfinite);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -523,6 +562,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
 
   const float* khead = c.kv.k_head(bg);
   const float* vhead = c.kv.v_head(bg);
+  const bool vbad = c.kv.v_nonfinite[bg] != 0;
   for (index_t kb = lo_min / BN; kb * BN < hi_max; ++kb) {
     const index_t j0 = kb * BN;
     const float* kpanel = khead + kb * D * BN;
@@ -546,12 +586,12 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
         full = full && !pp;
       }
       switch (R) {
-        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
-        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
-        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
-        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
-        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
-        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp); break;
+        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
+        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
+        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
+        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
+        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
+        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
       }
     }
   }

@@ -47,9 +47,12 @@ struct ops {
   static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
   static vf min(vf a, vf b) noexcept { return xsimd::min(a, b); }
   static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
+  /// True iff any lane is NaN. Not `v != v`: xsimd 8.1's != is the *ordered*
+  /// compare (_CMP_NEQ_OQ), false for NaN lanes.
+  static bool has_nan(vf v) noexcept { return !xsimd::all(v == v); }
   /// Horizontal max; NaN if any lane is NaN.
   static float reduce_max(vf v) noexcept {
-    if (xsimd::any(v != v)) return std::numeric_limits<float>::quiet_NaN();
+    if (has_nan(v)) return std::numeric_limits<float>::quiet_NaN();
 #if defined(__AVX512F__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) return _mm512_reduce_max_ps(v);
 #endif
@@ -113,7 +116,7 @@ struct ops {
   }
   /// Number of lanes that are not −inf.
   static float count_finite(vf x) noexcept {
-    return xsimd::hadd(xsimd::select(x != vf(-std::numeric_limits<float>::infinity()), vf(1.0f), vf(0.0f)));
+    return xsimd::hadd(xsimd::select(x == vf(-std::numeric_limits<float>::infinity()), vf(0.0f), vf(1.0f)));
   }
 };
 
@@ -130,6 +133,7 @@ struct ops<scalar> {
   static vf max(vf a, vf b) noexcept { return a > b ? a : b; }
   static vf min(vf a, vf b) noexcept { return a < b ? a : b; }
   static float reduce_add(vf v) noexcept { return v; }
+  static bool has_nan(vf v) noexcept { return v != v; }
   static float reduce_max(vf v) noexcept { return v; }
   static vf iota(float start) noexcept { return start; }
   static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
