@@ -101,7 +101,11 @@ enum class tile_class : unsigned char { empty, partial, full };
 ///   tile_class classify(b, h, i0, i1, j0, j1) — analytic class of rows [i0,i1) × keys [j0,j1)
 ///   bool allowed(b, h, i, j)                 — element test, used on partial tiles only
 ///   (or float adjust(b, h, i, j)             — additive logit term, −inf = masked)
-/// intersected with the options' own masks. `no_pattern` is the plain call.
+///   (or filter<Arch, NC>(b, h, i, j0, row)   — masks one row's logit vectors in place)
+/// intersected with the options' own masks, and optionally
+///   prepare(call, scratch, b, h, bk, row0, n) — per query block, before the main pass
+///                                               (may narrow scratch.lo/hi)
+/// `no_pattern` is the plain call.
 struct no_pattern {
   static constexpr bool active = false;
 };
@@ -299,21 +303,19 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
   }
 }
 
-/// One strip of R rows against one key tile: S, mask, weights, O update.
-template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
-void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
-                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
-                bool pattern_partial) {
+/// The final logits (log2 units) of one strip of R rows against one key tile, with
+/// the options' masks applied (masked → −inf) when Masked. Shared by strip_step and
+/// by patterns that look at the logits before the main pass (top_k), so both see
+/// bitwise the same values.
+template <class Arch, int R, bool Masked, class Pol, class Keys>
+void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                  const float* kpanel, index_t b, index_t h, batch_keys bk,
+                  typename simd::ops<Arch>::vf (&acc)[R][simd::tile_shape<Arch>::key_vectors]) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   using tile = simd::tile_shape<Arch>;
   constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
-  constexpr bool normalized = Pol::normalized;
-  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
   const index_t D = c.shape.head_dim;
-  const index_t Dvp = c.kv.vdim_padded;
-
-  vf acc[R][NC];
   simd::qk_tile<Arch, R, NC>(sc.q.data() + r0 * D, D, kpanel, D, acc);
 
   if constexpr (Masked) {
@@ -333,8 +335,33 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
         for (int k = 0; k < NC; ++k) acc[r][k] = O::mask_range(acc[r][k], io + O::set1(float(k * W)), lo, hi);
       }
     }
-    if constexpr (Keys::active) {
-      if (pattern_partial) {  // the pattern's element test on a tile it calls partial
+  } else {
+    (void)sc, (void)row0, (void)j0, (void)b, (void)h, (void)bk;
+  }
+}
+
+/// One strip of R rows against one key tile: S, mask, weights, O update.
+template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
+void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
+                bool pattern_partial) {
+  using O = simd::ops<Arch>;
+  using vf = typename O::vf;
+  using tile = simd::tile_shape<Arch>;
+  constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
+  constexpr bool normalized = Pol::normalized;
+  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
+  const index_t Dvp = c.kv.vdim_padded;
+
+  vf acc[R][NC];
+  strip_logits<Arch, R, Masked>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
+
+  if constexpr (Masked && Keys::active) {
+    if (pattern_partial) {
+      if constexpr (requires { c.keys.template filter<Arch, NC>(b, h, row0, j0, acc[0]); }) {
+        for (int r = 0; r < R; ++r)  // value-based test on the row's logits (top_k)
+          c.keys.template filter<Arch, NC>(b, h, row0 + r0 + r, j0, acc[r]);
+      } else {  // the pattern's element test on a tile it calls partial
         alignas(64) float t[NC * W];
         for (int r = 0; r < R; ++r) {
           for (int k = 0; k < NC; ++k) O::store(t + k * W, acc[r][k]);
@@ -510,6 +537,17 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     sc.t[r] = 0.0f;
   }
   std::fill_n(sc.o.data(), n * Dvp, 0.0f);
+  if constexpr (requires { c.keys.prepare(c, sc, b, h, bk, row0, n); }) {
+    // A data-dependent pattern decides the block's keys from its logits (top_k) and
+    // may narrow the rows' intervals.
+    c.keys.prepare(c, sc, b, h, bk, row0, n);
+    lo_min = bk.lk, hi_max = 0;
+    for (int r = 0; r < n; ++r)
+      if (sc.hi[r] > sc.lo[r]) {
+        lo_min = std::min(lo_min, sc.lo[r]);
+        hi_max = std::max(hi_max, sc.hi[r]);
+      }
+  }
 
   float bias2 = 0.0f;
   if constexpr (!normalized) bias2 = static_cast<float>(c.pol.resolved_bias(bk.lk)) * log2e;
