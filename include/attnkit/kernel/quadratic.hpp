@@ -306,9 +306,13 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
 /// The final logits (log2 units) of one strip of R rows against one key tile, with
 /// the options' masks applied (masked → −inf) when Masked. Shared by strip_step and
 /// by patterns that look at the logits before the main pass (top_k), so both see
-/// bitwise the same values.
+/// bitwise the same values. Forced inline: out of line, the register tile would go
+/// through memory (GCC does not inline the masked instances by itself).
 template <class Arch, int R, bool Masked, class Pol, class Keys>
-void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
                   const float* kpanel, index_t b, index_t h, batch_keys bk,
                   typename simd::ops<Arch>::vf (&acc)[R][simd::tile_shape<Arch>::key_vectors]) {
   using O = simd::ops<Arch>;
