@@ -13,7 +13,9 @@
 
 #include <attnkit/observe/entropy.hpp>
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 #include <memory>
 
 #include "oracle.hpp"
@@ -50,7 +52,8 @@ std::vector<bool> near_tie_rows(index_t kk, const tensor_view<const float>& q, c
       const double x = dense.logits[static_cast<std::size_t>(r * Lk + j)];
       if (x != -std::numeric_limits<double>::infinity()) s.push_back(x);
     }
-    if (kk == 0 || static_cast<index_t>(s.size()) <= kk) continue;
+    const bool nan = std::any_of(s.begin(), s.end(), [](double x) { return std::isnan(x); });
+    if (nan || kk == 0 || static_cast<index_t>(s.size()) <= kk) continue;
     std::sort(s.begin(), s.end(), std::greater<double>());
     const double gap = s[static_cast<std::size_t>(kk - 1)] - s[static_cast<std::size_t>(kk)];
     skip[static_cast<std::size_t>(r)] = gap > 0 && gap < near_tie * std::max(1.0, std::abs(s[static_cast<std::size_t>(kk - 1)]));
@@ -205,6 +208,19 @@ TEST_CASE("top_k: k = 0 masks every row (masked_rows convention)", "[sparse][top
   o.masked_rows = masked_rows::nan;
   attention(sparse{pattern::top_k{.k = 0}}, p.qv(), p.kv(), p.vv(), p.ov(out), o);
   for (float x : out) CHECK(std::isnan(x));
+}
+
+TEMPLATE_LIST_TEST_CASE("top_k: a NaN logit keeps its row NaN, as in the oracle", "[sparse][top_k][oracle]",
+                        simd::compiled_archs) {
+  problem p(1, 2, 1, 60, 70, 16, 16, 75);
+  p.q[3 * 16 + 5] = std::numeric_limits<float>::quiet_NaN();  // row 3 of head 0: every logit NaN
+  p.k[40 * 16 + 2] = std::numeric_limits<float>::quiet_NaN();  // key 40: one NaN logit in every row
+  options o;
+  o.causal = causal::top_left;  // rows i < 40 do not see key 40
+  for (index_t kk : {index_t{0}, index_t{5}}) {
+    INFO(simd::arch_name<TestType>() << " k " << kk);
+    require_close(compare<TestType>(sparse{pattern::top_k{.k = kk}}, p.qv(), p.kv(), p.vv(), p.Dv, o));
+  }
 }
 
 TEST_CASE("top_k: the entropy observer counts the kept keys", "[sparse][top_k][observe]") {

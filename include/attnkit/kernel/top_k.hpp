@@ -153,12 +153,17 @@ struct top_k_keys {
     strip_logits<Arch, R, true>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NC; ++v) {
-        O::store(dst + r * stride + v * W, acc[r][v]);
-        gm[r * (stride / W) + v] = O::reduce_max(acc[r][v]);
-        if constexpr (simd::is_scalar_v<Arch>)
-          visible[r] += acc[r][v] != neg_inf ? 1.0f : 0.0f;
-        else
-          visible[r] = visible[r] + xsimd::select(acc[r][v] != O::set1(neg_inf), O::set1(1.0f), O::set1(0.0f));
+        const vf x = acc[r][v];
+        O::store(dst + r * stride + v * W, x);
+        // NaN tests by isnan and ==: xsimd's AVX-512 `!=` is ordered (false for NaN).
+        if constexpr (simd::is_scalar_v<Arch>) {
+          gm[r * (stride / W) + v] = x;
+          visible[r] += x == neg_inf ? 0.0f : 1.0f;
+        } else {
+          gm[r * (stride / W) + v] =
+              xsimd::any(xsimd::isnan(x)) ? std::numeric_limits<float>::quiet_NaN() : O::reduce_max(x);
+          visible[r] = visible[r] + xsimd::select(x == O::set1(neg_inf), O::set1(0.0f), O::set1(1.0f));
+        }
       }
   }
 
