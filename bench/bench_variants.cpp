@@ -12,6 +12,9 @@
 //   block_sparse/density:0.25/N:4096/...    random block layout (64×64 blocks); flop: 4·D per visited key
 //   dense_for_block_sparse/N:4096/...       the same call with every block on
 //   stochastic_permutation/W:256/N:...      symmetric window of 257 ranks; flop: 4·D per visited key
+//   top_k/k:64/N:4096/threads:T             sparse{top_k{64}}, non-causal; flop: 6·D per key (selection
+//                                           Q·Kᵀ, then Q·Kᵀ and P·V; with random data nearly every
+//                                           tile holds a kept key, so the main pass skips almost none)
 //   entropy/off|on/N:4096/D:64/threads:1    softmax with and without observe(stats)
 //   softmax_decode_bf16/Lk:4096/D:128/H:8   bf16 K/V decode; GB/s of K+V bytes read
 #include <attnkit/attnkit.hpp>
@@ -145,6 +148,15 @@ void register_all(bool quick) {
         run_case(st, attnkit::sparse{attnkit::pattern::sliding_window{128, 128}}, n, false, t, 4.0 * dim * sym * heads);
       })->Unit(ms);
     }
+
+  // Top-k (data-dependent): a selection pass, then the main pass over the kept keys.
+  for (int t : thread_counts) {
+    const index_t n = 4096;
+    benchmark::RegisterBenchmark(("top_k/k:64" + tail(n, t)).c_str(), [=](benchmark::State& st) {
+      run_case(st, attnkit::sparse{attnkit::pattern::top_k{.k = 64}}, n, false, t,
+               6.0 * dim * static_cast<double>(n) * static_cast<double>(n) * heads);
+    })->Unit(ms);
+  }
 
   // Instrumentation off vs on (entropy, per-head statistics) on the same call.
   {

@@ -17,10 +17,11 @@ using attnkit::index_t;
 /// sanitizer build (ATTNKIT_TEST_ARCHS=best) keeps only the scalar path and the
 /// default (best) arch, which halves its compile time: ASan and UBSan look for memory
 /// and UB errors in the shared skeleton, which every arch runs through.
+using best_archs = std::conditional_t<attnkit::simd::is_scalar_v<attnkit::simd::default_arch>,
+                                      std::tuple<attnkit::simd::scalar>,
+                                      std::tuple<attnkit::simd::scalar, attnkit::simd::default_arch>>;
 #if defined(ATTNKIT_TEST_BEST_ARCH_ONLY)
-using archs = std::conditional_t<attnkit::simd::is_scalar_v<attnkit::simd::default_arch>,
-                                 std::tuple<attnkit::simd::scalar>,
-                                 std::tuple<attnkit::simd::scalar, attnkit::simd::default_arch>>;
+using archs = best_archs;
 #else
 using archs = attnkit::simd::compiled_archs;
 #endif

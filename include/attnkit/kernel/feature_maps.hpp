@@ -83,6 +83,15 @@ struct lln_feature {
   void map(const float* x, const token_ref& t, float* out) const {
     using O = simd::ops<Arch>;
     constexpr int W = O::width;
+    if (!(std::abs(coef) < 1e30)) [[unlikely]] {  // tiny σ (e.g. subnormal inputs): α·x in double
+      double sh = -std::numeric_limits<double>::infinity();
+      if (key_shift)
+        sh = (*key_shift)[static_cast<std::size_t>(t.batch * kv_heads + t.head)];
+      else
+        for (index_t d = 0; d < D; ++d) sh = std::max(sh, coef * x[d]);
+      for (index_t d = 0; d < D; ++d) out[d] = static_cast<float>(std::exp(coef * x[d] - sh));
+      return;
+    }
     const float a = static_cast<float>(coef);
     float shift;
     if (key_shift) {
@@ -192,14 +201,14 @@ void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_v
   if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q), sample_std_of(k));
   // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio.
   f.shift.assign(static_cast<std::size_t>(sh.batch * sh.kv_heads), 0.0f);
-  const float beta = static_cast<float>(c.beta);
   for (index_t b = 0; b < sh.batch; ++b) {
     const index_t lk = keys_of_batch(opt, b, sh.q_len, sh.k_len).lk;
     for (index_t g = 0; g < sh.kv_heads; ++g) {
       float m = -std::numeric_limits<float>::infinity();
       for (index_t j = 0; j < lk; ++j) {
         const KV* r = k.row(b, g, j);
-        for (index_t d = 0; d < sh.head_dim; ++d) m = std::max(m, beta * to_float(r[d]));
+        for (index_t d = 0; d < sh.head_dim; ++d)  // in double: β may exceed float's range
+          m = std::max(m, static_cast<float>(c.beta * static_cast<double>(to_float(r[d]))));
       }
       f.shift[static_cast<std::size_t>(b * sh.kv_heads + g)] = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
     }

@@ -10,6 +10,7 @@
 
 #include "../policy/sparse.hpp"
 #include "quadratic.hpp"
+#include "top_k.hpp"
 
 namespace attnkit::detail {
 
@@ -217,9 +218,10 @@ void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tens
   if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
     const auto sel = select_blocks(pol.pattern, sh, q, k, opt, resolve_num_threads(opt.num_threads));
     run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, sel);
+  } else if constexpr (std::is_same_v<P, pattern::top_k>) {
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, top_k_keys<Arch>{pol.pattern.k, sh.k_len});
   } else {
-    static_assert(pattern::static_pattern<P>, "attnkit: this data-dependent pattern has no kernel yet (top_k: use "
-                                              "reference::attention)");
+    static_assert(pattern::static_pattern<P>, "attnkit: this data-dependent pattern has no kernel yet");
     run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, static_pattern_keys<P>{pol.pattern, opt, sh.q_len, sh.k_len},
                         pattern_band(pol.pattern));
   }

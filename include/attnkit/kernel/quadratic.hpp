@@ -58,7 +58,8 @@ struct packed_kv {
     thread_local std::vector<unsigned char> flags;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
     flags.assign(static_cast<std::size_t>(B * G), 0);
-    v_nonfinite = flags.data();
+    unsigned char* flag = flags.data();  // the workers write through this (flags is this thread's)
+    v_nonfinite = flag;
     dim = k.dim();
     key_tiles = (Lk + BN - 1) / BN;
     vdim_padded = (Dv + tile::width - 1) / tile::width * tile::width;
@@ -80,7 +81,7 @@ struct packed_kv {
         for (index_t d = 0; d < Dv; ++d) finite_probe += vrow[d] * 0.0f;
         std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
       }
-      flags[static_cast<std::size_t>(bg)] = finite_probe != finite_probe;
+      flag[bg] = finite_probe != finite_probe;
       for (index_t j = Lk; j < key_tiles * BN; ++j) {  // tail keys: zero K columns and V rows
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = 0.0f;
@@ -110,7 +111,11 @@ enum class tile_class : unsigned char { empty, partial, full };
 ///   tile_class classify(b, h, i0, i1, j0, j1) — analytic class of rows [i0,i1) × keys [j0,j1)
 ///   bool allowed(b, h, i, j)                 — element test, used on partial tiles only
 ///   (or float adjust(b, h, i, j)             — additive logit term, −inf = masked)
-/// intersected with the options' own masks. `no_pattern` is the plain call.
+///   (or filter<Arch, NC>(b, h, i, j0, row)   — masks one row's logit vectors in place)
+/// intersected with the options' own masks, and optionally
+///   prepare(call, scratch, b, h, bk, row0, n) — per query block, before the main pass
+///                                               (may narrow scratch.lo/hi)
+/// `no_pattern` is the plain call.
 struct no_pattern {
   static constexpr bool active = false;
 };
@@ -308,21 +313,23 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
   }
 }
 
-/// One strip of R rows against one key tile: S, mask, weights, O update.
-template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
-void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
-                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
-                bool pattern_partial, bool v_nonfinite) {
+/// The final logits (log2 units) of one strip of R rows against one key tile, with
+/// the options' masks applied (masked → −inf) when Masked. Shared by strip_step and
+/// by patterns that look at the logits before the main pass (top_k), so both see
+/// bitwise the same values. Forced inline: out of line, the register tile would go
+/// through memory (GCC does not inline the masked instances by itself).
+template <class Arch, int R, bool Masked, class Pol, class Keys>
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                  const float* kpanel, index_t b, index_t h, batch_keys bk,
+                  typename simd::ops<Arch>::vf (&acc)[R][simd::tile_shape<Arch>::key_vectors]) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   using tile = simd::tile_shape<Arch>;
   constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
-  constexpr bool normalized = Pol::normalized;
-  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
   const index_t D = c.shape.head_dim;
-  const index_t Dvp = c.kv.vdim_padded;
-
-  vf acc[R][NC];
   simd::qk_tile<Arch, R, NC>(sc.q.data() + r0 * D, D, kpanel, D, acc);
 
   if constexpr (Masked) {
@@ -342,8 +349,33 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
         for (int k = 0; k < NC; ++k) acc[r][k] = O::mask_range(acc[r][k], io + O::set1(float(k * W)), lo, hi);
       }
     }
-    if constexpr (Keys::active) {
-      if (pattern_partial) {  // the pattern's element test on a tile it calls partial
+  } else {
+    (void)sc, (void)row0, (void)j0, (void)b, (void)h, (void)bk;
+  }
+}
+
+/// One strip of R rows against one key tile: S, mask, weights, O update.
+template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
+void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
+                bool pattern_partial, bool v_nonfinite) {
+  using O = simd::ops<Arch>;
+  using vf = typename O::vf;
+  using tile = simd::tile_shape<Arch>;
+  constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
+  constexpr bool normalized = Pol::normalized;
+  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
+  const index_t Dvp = c.kv.vdim_padded;
+
+  vf acc[R][NC];
+  strip_logits<Arch, R, Masked>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
+
+  if constexpr (Masked && Keys::active) {
+    if (pattern_partial) {
+      if constexpr (requires { c.keys.template filter<Arch, NC>(b, h, row0, j0, acc[0]); }) {
+        for (int r = 0; r < R; ++r)  // value-based test on the row's logits (top_k)
+          if (row0 + r0 + r < c.shape.q_len) c.keys.template filter<Arch, NC>(b, h, row0 + r0 + r, j0, acc[r]);
+      } else {  // the pattern's element test on a tile it calls partial
         alignas(64) float t[NC * W];
         for (int r = 0; r < R; ++r) {
           // Padding rows of the last strip and keys past Lk never reach the pattern:
@@ -355,8 +387,10 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
             const index_t j = j0 + jj;
             if (j >= c.shape.k_len)
               t[jj] = neg_inf;
-            else if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); })  // additive: −inf masks
-              t[jj] += c.keys.adjust(b, h, row, j) * log2e;
+            else if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); }) {  // additive: −inf masks
+              const float a = c.keys.adjust(b, h, row, j);
+              t[jj] = a == neg_inf ? neg_inf : t[jj] + a * log2e;  // assigned: a masked NaN logit stays masked
+            }
             else if (!c.keys.allowed(b, h, row, j))
               t[jj] = neg_inf;
           }
@@ -426,17 +460,9 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
     } else {
       const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
       vf mass = O::set1(0.0f), wlogw = O::set1(0.0f);
-      bool nan_row = false;
-      for (int k = 0; k < NC; ++k) nan_row = nan_row || O::has_nan(acc[r][k]);
       for (int k = 0; k < NC; ++k) {
-        const vf e = O::exp2_fast(nb - acc[r][k]);
+        const vf e = O::exp2_fast(nb - acc[r][k]);  // NaN in, NaN out
         vf p = O::set1(1.0f) / (O::set1(1.0f) + e);
-        if (nan_row) [[unlikely]] {  // exp2_fast does not promise NaN in, NaN out
-          if constexpr (simd::is_scalar_v<Arch>)
-            p = acc[r][k] != acc[r][k] ? acc[r][k] : p;
-          else
-            p = xsimd::select(acc[r][k] == acc[r][k], p, acc[r][k]);  // (xsimd's != is ordered)
-        }
         if constexpr (Masked) {
           if constexpr (simd::is_scalar_v<Arch>)
             p = acc[r][k] == neg_inf ? 0.0f : p;
@@ -556,6 +582,17 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     sc.t[r] = 0.0f;
   }
   std::fill_n(sc.o.data(), n * Dvp, 0.0f);
+  if constexpr (requires { c.keys.prepare(c, sc, b, h, bk, row0, n); }) {
+    // A data-dependent pattern decides the block's keys from its logits (top_k) and
+    // may narrow the rows' intervals.
+    c.keys.prepare(c, sc, b, h, bk, row0, n);
+    lo_min = bk.lk, hi_max = 0;
+    for (int r = 0; r < n; ++r)
+      if (sc.hi[r] > sc.lo[r]) {
+        lo_min = std::min(lo_min, sc.lo[r]);
+        hi_max = std::max(hi_max, sc.hi[r]);
+      }
+  }
 
   float bias2 = 0.0f;
   if constexpr (!normalized) bias2 = static_cast<float>(c.pol.resolved_bias(bk.lk)) * log2e;

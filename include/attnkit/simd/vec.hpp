@@ -78,11 +78,9 @@ struct ops {
   static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
     // Constant first: x86 min/max return the second operand when either is NaN,
-    // so a NaN logit stays NaN (and propagates to its row) instead of clamping.
+    // so a NaN stays NaN through the clamp.
     const vf xc = xsimd::min(vf(126.0f), xsimd::max(vf(-126.0f), x));
-    const vf magic(12582912.0f);  // 1.5·2^23: adding it rounds to an integer in the low bits
-    const vf r = xc + magic;
-    const vf n = r - magic;
+    const vf n = xsimd::nearbyint(xc);
     const vf f = xc - n;
     vf p = fma(vf(c6), f, vf(c5));
     p = fma(p, f, vf(c4));
@@ -90,7 +88,11 @@ struct ops {
     p = fma(p, f, vf(c2));
     p = fma(p, f, vf(c1));
     p = fma(p, f, vf(1.0f));
-    const vi ni = xsimd::bitwise_cast<vi>(r) << 23;
+    // 2^n through the exponent field. The integer comes from a float->int conversion,
+    // which maps NaN to INT_MIN (shifted out to 0), so p's NaN survives whatever its
+    // payload; reading n out of the mantissa bits would splice a payload into the
+    // exponent and turn some NaNs into numbers.
+    const vi ni = xsimd::to_int(n) << 23;
     const vf res = xsimd::bitwise_cast<vf>(xsimd::bitwise_cast<vi>(p) + ni);
     return xsimd::select(x < vf(exp2_underflow), vf(0.0f), res);
   }
