@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <random>
 #include <sstream>
 #include <string>
@@ -75,6 +76,25 @@ struct stored_tensor {
   void fill(std::mt19937& gen, float sigma) {
     std::normal_distribution<float> nd(0.0f, sigma);
     for_each([&](float& x) { x = nd(gen); });
+  }
+  /// For top_k, whose key choice must be the same in float32 and float64: keys are
+  /// zero except dim 0, which holds distinct whole numbers (a shuffled 1..Lk per head),
+  /// and queries hold whole numbers, so a row's logits q₀·k₀ are either all distinct
+  /// by a wide margin or all exactly 0 (q₀ = 0: an exact tie, broken by key index).
+  void fill_distinct_keys(std::mt19937& gen) {
+    const auto& e = view.extent;
+    std::vector<float> ranks(static_cast<std::size_t>(e[2]));
+    for (index_t b = 0; b < e[0]; ++b)
+      for (index_t h = 0; h < e[1]; ++h) {
+        for (std::size_t j = 0; j < ranks.size(); ++j) ranks[j] = static_cast<float>(j + 1);
+        std::shuffle(ranks.begin(), ranks.end(), gen);
+        for (index_t s = 0; s < e[2]; ++s)
+          for (index_t d = 0; d < e[3]; ++d) view(b, h, s, d) = d == 0 ? ranks[static_cast<std::size_t>(s)] : 0.0f;
+      }
+  }
+  void fill_integers(std::mt19937& gen) {
+    std::uniform_int_distribution<int> u(-3, 3);
+    for_each([&](float& x) { x = static_cast<float>(u(gen)); });
   }
   template <class F>
   void for_each(F&& f) const {
@@ -155,6 +175,7 @@ struct fuzz_case {
   std::uint32_t seed = 0;
   attnkit::options opt;
   bool want_lse = false, use_mask = false, use_bias = false;
+  bool integer_qk = false;  ///< q, k hold whole numbers (set for top_k)
   index_t mask_ext[3] = {1, 1, 1};
   std::vector<std::int64_t> key_lengths;
   std::vector<float> slopes, sinks;
@@ -225,8 +246,13 @@ void check_case(const Policy& pol, fuzz_case c) {
   k.make(c.B, c.Hkv, c.Lk, c.D, c.layout[1]);
   v.make(c.B, c.Hkv, c.Lk, c.Dv, c.layout[2]);
   out.make(c.B, Hq, c.Lq, c.Dv, c.layout[3]);
-  q.fill(gen, c.sigma);
-  k.fill(gen, c.sigma);
+  if (c.integer_qk) {
+    q.fill_integers(gen);
+    k.fill_distinct_keys(gen);
+  } else {
+    q.fill(gen, c.sigma);
+    k.fill(gen, c.sigma);
+  }
   v.fill(gen, 1.0f);
 
   attnkit::options opt = c.opt;
@@ -389,7 +415,7 @@ void check_case(const Policy& pol, fuzz_case c) {
 /// Decodes the policy and runs the case: the entry point of both drivers.
 inline void run_one(const std::uint8_t* data, std::size_t size) {
   byte_reader in(data, size);
-  const auto variant = in.take(14);
+  const auto variant = in.take(16);
   const bool self = variant == 13;
   fuzz_case c = decode_case(in, self);
   namespace ak = attnkit;
@@ -419,6 +445,22 @@ inline void run_one(const std::uint8_t* data, std::size_t size) {
     }
     case 12: c.policy_name = "flex_prefill"; check_case(ak::sparse{pt::flex_prefill{.gamma = 0.5 + 0.05 * in.take(10), .block = 1 + static_cast<index_t>(in.take(40)), .min_budget = static_cast<index_t>(in.take(3))}}, c); break;
     case 13: c.policy_name = "stochastic_permutation"; check_case(ak::stochastic_permutation{.window = w, .seed = in.take(1000), .kind = static_cast<ak::window_kind>(in.take(3))}, c); break;
+    case 14: {
+      // top_k: logits must order the same in float32 and float64 (fill_distinct_keys),
+      // so nothing else is added to them.
+      c.policy_name = "top_k";
+      c.integer_qk = true;
+      c.use_bias = false;
+      c.slopes.clear();
+      c.opt.softcap = 0.0f;
+      const index_t kk = static_cast<index_t>(in.take(12));
+      if (in.one_in(2))
+        check_case(ak::sparse{pt::top_k{kk}}, c);
+      else
+        check_case(ak::sparse{pt::top_k{kk}, ak::sigmoid{}}, c);
+      break;
+    }
+    case 15: c.policy_name = "sliding_window+sigmoid"; check_case(ak::sparse{pt::sliding_window{w, static_cast<index_t>(in.take(5))}, ak::sigmoid{}}, c); break;
     default: break;
   }
 }
