@@ -107,30 +107,41 @@ struct lln_feature {
   }
 };
 
-/// Sample standard deviation (n − 1) of every entry of a view, in double.
+/// Sample standard deviation (n − 1) of every entry of a view, in double. Two passes
+/// (mean, then squared deviations) for accuracy, each split by (batch, head) over the
+/// thread pool with eight independent accumulators per row (a single running double
+/// sum is latency-bound: it was most of LLN's cost). Partial sums are combined in a
+/// fixed order, so the result does not depend on the thread count.
 template <class T>
-double sample_std_of(const tensor_view<const T>& t) {
-  double n = 0, sum = 0, sum2 = 0;
-  // Two passes for accuracy: mean first, then squared deviations.
-  for (index_t b = 0; b < t.batch(); ++b)
-    for (index_t h = 0; h < t.heads(); ++h)
-      for (index_t s = 0; s < t.seq(); ++s) {
-        const T* r = t.row(b, h, s);
-        for (index_t d = 0; d < t.dim(); ++d) sum += to_float(r[d]);
-        n += static_cast<double>(t.dim());
-      }
+double sample_std_of(const tensor_view<const T>& t, int threads) {
+  const index_t B = t.batch(), H = t.heads(), L = t.seq(), D = t.dim();
+  const double n = static_cast<double>(B * H * L * D);
   if (n < 2) return 0.0;
-  const double mean = sum / n;
-  for (index_t b = 0; b < t.batch(); ++b)
-    for (index_t h = 0; h < t.heads(); ++h)
-      for (index_t s = 0; s < t.seq(); ++s) {
-        const T* r = t.row(b, h, s);
-        for (index_t d = 0; d < t.dim(); ++d) {
-          const double x = to_float(r[d]) - mean;
-          sum2 += x * x;
+  std::vector<double> part(static_cast<std::size_t>(B * H));
+  auto reduce_rows = [&](double shift, bool squares) {
+    parallel_for(B * H, threads, [&](index_t bh) {
+      double acc[8] = {};
+      for (index_t s = 0; s < L; ++s) {
+        const T* r = t.row(bh / H, bh % H, s);
+        index_t d = 0;
+        for (; d + 8 <= D; d += 8)
+          for (int u = 0; u < 8; ++u) {
+            const double x = static_cast<double>(to_float(r[d + u])) - shift;
+            acc[u] += squares ? x * x : x;
+          }
+        for (; d < D; ++d) {
+          const double x = static_cast<double>(to_float(r[d])) - shift;
+          acc[0] += squares ? x * x : x;
         }
       }
-  return std::sqrt(sum2 / (n - 1));
+      part[static_cast<std::size_t>(bh)] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    });
+    double total = 0;
+    for (double x : part) total += x;
+    return total;
+  };
+  const double mean = reduce_rows(0.0, false) / n;
+  return std::sqrt(reduce_rows(mean, true) / (n - 1));
 }
 
 /// Options the kernelised family understands: causal (prefix), key_lengths, scale
@@ -198,21 +209,30 @@ template <class Arch, class KV>
 void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
                   const tensor_view<const KV>& k, const options& opt, lln_feature_pair<Arch>& f) {
   lln_coefficients c{pol.alpha.value_or(1.0), pol.beta.value_or(1.0)};
-  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q), sample_std_of(k));
-  // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio.
+  const int threads = resolve_num_threads(opt.num_threads);
+  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q, threads), sample_std_of(k, threads));
+  // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio. β·x is
+  // formed in double only when β is beyond float range (tiny σ, e.g. subnormal keys).
   f.shift.assign(static_cast<std::size_t>(sh.batch * sh.kv_heads), 0.0f);
-  for (index_t b = 0; b < sh.batch; ++b) {
+  const bool wide = !(std::abs(c.beta) < 1e30);
+  const float beta = wide ? 0.0f : static_cast<float>(c.beta);
+  float* shift = f.shift.data();
+  parallel_for(sh.batch * sh.kv_heads, threads, [&](index_t bg) {
+    const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads;
     const index_t lk = keys_of_batch(opt, b, sh.q_len, sh.k_len).lk;
-    for (index_t g = 0; g < sh.kv_heads; ++g) {
-      float m = -std::numeric_limits<float>::infinity();
-      for (index_t j = 0; j < lk; ++j) {
-        const KV* r = k.row(b, g, j);
-        for (index_t d = 0; d < sh.head_dim; ++d)  // in double: β may exceed float's range
-          m = std::max(m, static_cast<float>(c.beta * static_cast<double>(to_float(r[d]))));
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    float m[8] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+    for (index_t j = 0; j < lk; ++j) {
+      const KV* r = k.row(b, g, j);
+      for (index_t d = 0; d < sh.head_dim; ++d) {
+        const float x = wide ? static_cast<float>(c.beta * static_cast<double>(to_float(r[d]))) : beta * to_float(r[d]);
+        m[d & 7] = std::max(m[d & 7], x);
       }
-      f.shift[static_cast<std::size_t>(b * sh.kv_heads + g)] = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
     }
-  }
+    const float mx = std::max(std::max(std::max(m[0], m[1]), std::max(m[2], m[3])),
+                              std::max(std::max(m[4], m[5]), std::max(m[6], m[7])));
+    shift[bg] = mx == ninf ? 0.0f : mx;
+  });
   f.q = lln_feature<Arch>{c.alpha, sh.head_dim, nullptr, sh.kv_heads};
   f.k = lln_feature<Arch>{c.beta, sh.head_dim, &f.shift, sh.kv_heads};
 }
