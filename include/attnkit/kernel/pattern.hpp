@@ -45,6 +45,14 @@ struct static_pattern_keys {
     }
   }
 
+  /// Query rows come in blocks of this many for block-sparse layouts (0: no blocks).
+  index_t row_block() const {
+    if constexpr (std::is_same_v<P, pattern::block_sparse>)
+      return pat.block_q;
+    else
+      return 0;
+  }
+
   tile_class classify(index_t b, index_t, index_t i0, index_t i1, index_t j0, index_t j1) const {
     if constexpr (std::is_same_v<P, pattern::sliding_window>) {
       return tile_class::full;  // the hull is exact

@@ -604,8 +604,14 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     const index_t j0 = kb * BN;
     const float* kpanel = khead + kb * D * BN;
     const float* vtile = vhead + j0 * Dvp;
-    for (int r0 = 0; r0 < n; r0 += MR) {
-      const int R = std::min(MR, n - r0);
+    for (int r0 = 0, R = 0; r0 < n; r0 += R) {
+      R = std::min(MR, n - r0);
+      if constexpr (requires { c.keys.row_block(); }) {
+        // A strip never straddles the pattern's query blocks: a straddling strip sees
+        // the union of two blocks' key sets, so its tiles turn partial (element test).
+        const index_t rb = c.keys.row_block(), i = row0 + r0;
+        if (rb > 0) R = static_cast<int>(std::min<index_t>(R, (i / rb + 1) * rb - i));
+      }
       index_t lo_lo = bk.lk, lo_hi = 0, hi_lo = bk.lk, hi_hi = 0;
       for (int r = r0; r < r0 + R; ++r) {
         lo_lo = std::min(lo_lo, sc.lo[r]);
