@@ -136,10 +136,10 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
           dc += nv * W;
         }
       }
-      for (index_t m = 0; m < M; ++m) {
-        float s = 0.0f;
-        for (index_t jj = 0; jj < n; ++jj) s += phik_t[static_cast<std::size_t>(m * BN + jj)];
-        z[static_cast<std::size_t>(m)] += s;
+      for (index_t m = 0; m < M; ++m) {  // z += Σ_j φ(k_j); columns past n are zero
+        typename O::vf s = O::set1(0.0f);
+        for (index_t jj = 0; jj < BN; jj += W) s = s + O::load(phik_t.data() + m * BN + jj);
+        z[static_cast<std::size_t>(m)] += O::reduce_add(s);
       }
     };
     auto advance_to = [&](index_t target) {
@@ -191,14 +191,25 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
           for (int r = 0; r < R; ++r) {
             float* pr = P.data() + r * BN;
             const index_t pi = prefix(i0 + r0 + r);
-            double rs = 0;
+            if (lambda == 1.0) {  // keys jj < pi − absorbed (and < n) keep their weight
+              const float upto = static_cast<float>(std::clamp<index_t>(pi - absorbed, 0, n));
+              typename O::vf sum = O::set1(0.0f);
+              for (index_t jj = 0; jj < BN; jj += W) {
+                const typename O::vf x = O::keep_below(O::load(pr + jj), O::iota(static_cast<float>(jj)), upto);
+                O::store(pr + jj, x);
+                sum = sum + x;
+              }
+              den[static_cast<std::size_t>(r0 + r)] += O::reduce_add(sum);
+              continue;
+            }
+            double rs = 0;  // decayed weights λ^{p_i−1−j}
             for (index_t jj = 0; jj < BN; ++jj) {
               const index_t j = absorbed + jj;
               if (jj >= n || j >= pi) {
                 pr[jj] = 0.0f;
                 continue;
               }
-              if (lambda != 1.0) pr[jj] *= static_cast<float>(std::pow(lambda, static_cast<double>(pi - 1 - j)));
+              pr[jj] *= static_cast<float>(std::pow(lambda, static_cast<double>(pi - 1 - j)));
               rs += pr[jj];
             }
             den[static_cast<std::size_t>(r0 + r)] += rs;

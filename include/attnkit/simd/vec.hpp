@@ -73,6 +73,8 @@ struct ops {
     auto keep = (idx >= vf(lo)) & (idx < vf(hi));
     return xsimd::select(keep, x, vf(-std::numeric_limits<float>::infinity()));
   }
+  /// x where idx < hi, else 0 (a weight row cut at a prefix; a NaN beyond it is dropped).
+  static vf keep_below(vf x, vf idx, float hi) noexcept { return xsimd::select(idx < vf(hi), x, vf(0.0f)); }
 
   /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
   static vf exp2_fast(vf x) noexcept {
@@ -141,6 +143,7 @@ struct ops<scalar> {
   static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
     return (idx >= lo && idx < hi) ? x : -std::numeric_limits<float>::infinity();
   }
+  static vf keep_below(vf x, vf idx, float hi) noexcept { return idx < hi ? x : 0.0f; }
   static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
     if (x != x) return x;
