@@ -1,5 +1,6 @@
 // Numerical edge cases: NaN in q or k reaches exactly the rows that see it,
-// logits of ±1e4 stay finite, D = 1 and N = 1 work, on every compiled arch.
+// logits of ±1e4 stay finite, D = 1 and N = 1 work, and the decode path keeps a
+// masked key's non-finite V out, on every compiled arch.
 #include <catch2/catch.hpp>
 
 #include <limits>
@@ -53,4 +54,35 @@ TEMPLATE_LIST_TEST_CASE("huge logits stay finite; D = 1 and N = 1 work", "[numer
   std::vector<float> o1(4);
   attention<TestType>(softmax{}, one.qv(), one.kv(), one.vv(), one.ov(o1));
   for (int d = 0; d < 4; ++d) CHECK(o1[static_cast<std::size_t>(d)] == Approx(one.v[static_cast<std::size_t>(d)]));
+}
+
+TEMPLATE_LIST_TEST_CASE("decode: NaN/Inf in V of a masked key does not leak (0·NaN)", "[numerics][decode]",
+                        attnkit_test::archs) {
+  // Two query rows (the split-KV decode path), 700 keys (two 512-key chunks), bottom-right
+  // causal: row 0 sees keys 0..698, row 1 sees 0..699. Key 699 shares row 0's chunk.
+  const index_t Lq = 2, Lk = 700, D = 16;
+  attnkit_test::problem p(1, 1, 1, Lq, Lk, D, D, 31);
+  options opt;
+  opt.causal = causal::bottom_right;
+  std::vector<float> clean(p.out_size());
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    INFO("V[699][4] = " << bad);
+    attnkit_test::problem pb = p;
+    pb.v[static_cast<std::size_t>(699 * D + 4)] = bad;
+    std::vector<float> out(p.out_size()), base(p.out_size());
+    attention<TestType>(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(base), opt);
+    attention<TestType>(softmax{}, pb.qv(), pb.kv(), pb.vv(), pb.ov(out), opt);
+    // Row 0 is recomputed on the zero-skipping path (another summation order), so it
+    // equals the clean result to rounding, at the oracle tests' tolerance.
+    for (index_t d = 0; d < D; ++d)
+      CHECK(std::abs(out[static_cast<std::size_t>(d)] - base[static_cast<std::size_t>(d)]) <= 2e-5 * attnkit_test::max_abs(base));
+    CHECK(!std::isfinite(out[static_cast<std::size_t>(D + 4)]));
+    attention<TestType>(sigmoid{}, p.qv(), p.kv(), p.vv(), p.ov(base), opt);
+    attention<TestType>(sigmoid{}, pb.qv(), pb.kv(), pb.vv(), pb.ov(out), opt);
+    // Row 0 is recomputed on the zero-skipping path (another summation order), so it
+    // equals the clean result to rounding, at the oracle tests' tolerance.
+    for (index_t d = 0; d < D; ++d)
+      CHECK(std::abs(out[static_cast<std::size_t>(d)] - base[static_cast<std::size_t>(d)]) <= 2e-5 * attnkit_test::max_abs(base));
+    CHECK(!std::isfinite(out[static_cast<std::size_t>(D + 4)]));
+  }
 }
