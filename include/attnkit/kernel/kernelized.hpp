@@ -90,7 +90,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       if (j0 == loaded_j0 && n == loaded_n) return;  // the intra-chunk keys are absorbed next: reuse
       loaded_j0 = j0;
       loaded_n = n;
-      float finite_probe = 0.0f;  // x·0 is NaN iff x is NaN or ±Inf
+      bool nonfinite = false;
       if (n < BN) {  // only a partial chunk needs zero padding
         std::fill_n(phik_t.data(), M * BN, 0.0f);
         std::fill_n(vpad.data(), BN * Dvp, 0.0f);
@@ -109,10 +109,10 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
         float* vrow = vpad.data() + jj * Dvp;
         widen(v.row(b, g, j0 + jj), vrow, Dv);
-        for (index_t d = 0; d < Dv; ++d) finite_probe += vrow[d] * 0.0f;
+        nonfinite = nonfinite || any_nonfinite(vrow, Dv);
         std::fill(vrow + Dv, vrow + Dvp, 0.0f);
       }
-      loaded_v_nonfinite = finite_probe != finite_probe;
+      loaded_v_nonfinite = nonfinite;
     };
     // (S, z) ← λ^n (S, z) + Σ_j λ^{n−1−jj} φ(k_j) (v_j, 1) over the loaded keys.
     auto absorb = [&](index_t n) {

@@ -71,17 +71,17 @@ struct packed_kv {
       const index_t b = bg / G, g = bg % G;
       float* kh = kt + bg * k_head_size();
       float* vh = vr + bg * v_head_size();
-      float finite_probe = 0.0f;  // x·0 is NaN iff x is NaN or ±Inf
+      bool nonfinite = false;
       for (index_t j = 0; j < Lk; ++j) {
         const KV* kr = k.row(b, g, j);
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = to_float(kr[d]);
         float* vrow = vh + j * vdim_padded;
         widen(v.row(b, g, j), vrow, Dv);
-        for (index_t d = 0; d < Dv; ++d) finite_probe += vrow[d] * 0.0f;
+        nonfinite = nonfinite || any_nonfinite(vrow, Dv);
         std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
       }
-      flag[bg] = finite_probe != finite_probe;
+      flag[bg] = nonfinite;
       for (index_t j = Lk; j < key_tiles * BN; ++j) {  // tail keys: zero K columns and V rows
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = 0.0f;
@@ -215,15 +215,16 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
   if constexpr (Pol::normalized) {
     // A sink adds 2^(sink − m) to the denominator only.
     const float sink = opt.sinks.empty() ? neg_inf : opt.sinks[static_cast<std::size_t>(h)] * log2e;
-    const bool empty = m == neg_inf;
-    const float m_all = std::max(m, sink);  // row max including the sink
-    const float l_all =
-        (empty ? 0.0f : l * std::exp2(m - m_all)) + (sink == neg_inf ? 0.0f : std::exp2(sink - m_all));
+    const bool empty = m == neg_inf, has_sink = sink != neg_inf;
+    // Without a sink m_all = m, and the exp2(0) = 1 factors are skipped (same bits).
+    const float m_all = has_sink ? std::max(m, sink) : m;  // row max including the sink
+    const float l_all = has_sink ? (empty ? 0.0f : l * std::exp2(m - m_all)) + std::exp2(sink - m_all)
+                                 : (empty ? 0.0f : l);
     if (empty) {
       const float fill = opt.masked_rows == masked_rows::nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
       for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
     } else {
-      const float rescale = std::exp2(m - m_all) / l_all;
+      const float rescale = has_sink ? std::exp2(m - m_all) / l_all : 1.0f / l_all;
       for (index_t d = 0; d < Dv; ++d) dst[d] = o[d] * rescale;
     }
     if (opt.lse) {
@@ -316,30 +317,34 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
 /// The final logits (log2 units) of one strip of R rows against one key tile, with
 /// the options' masks applied (masked → −inf) when Masked. Shared by strip_step and
 /// by patterns that look at the logits before the main pass (top_k), so both see
-/// bitwise the same values. Forced inline: out of line, the register tile would go
+/// bitwise the same values. NK ≤ key_vectors: the strip may compute only the NK
+/// vectors of keys from j0 on (kpanel then points into a wider panel). Forced inline: out of line, the register tile would go
 /// through memory (GCC does not inline the masked instances by itself).
-template <class Arch, int R, bool Masked, class Pol, class Keys>
+template <class Arch, int R, bool Masked, class Pol, class Keys, int NK>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
 #endif
 inline void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
                   const float* kpanel, index_t b, index_t h, batch_keys bk,
-                  typename simd::ops<Arch>::vf (&acc)[R][simd::tile_shape<Arch>::key_vectors]) {
+                  typename simd::ops<Arch>::vf (&acc)[R][NK]) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   using tile = simd::tile_shape<Arch>;
-  constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
+  constexpr int W = O::width, NC = NK, BN = tile::keys, span = NK * W;
   const index_t D = c.shape.head_dim;
-  simd::qk_tile<Arch, R, NC>(sc.q.data() + r0 * D, D, kpanel, D, acc);
+  simd::qk_tile<Arch, R, NC>(sc.q.data() + r0 * D, D, kpanel, D, acc, BN);
 
   if constexpr (Masked) {
-    if (c.elementwise && j0 + BN <= c.shape.k_len) {
+    // The vector/scalar choice follows the whole tile, not the computed vectors: the
+    // two paths round softcap's tanh differently, and top_k's passes must agree.
+    const index_t tile_end = j0 / BN * BN + BN;
+    if (c.elementwise && tile_end <= c.shape.k_len) {
       apply_elementwise_tile<Arch, R, NC>(acc, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
     } else if (c.elementwise) {  // the tile crosses Lk: bias/mask rows end inside it
       float* t = sc.tile.data();
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) O::store(t + r * BN + k * W, acc[r][k]);
-      apply_elementwise(t, BN, BN, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
+      apply_elementwise(t, BN, span, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + r * BN + k * W);
     } else {
@@ -354,15 +359,18 @@ inline void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch
   }
 }
 
-/// One strip of R rows against one key tile: S, mask, weights, O update.
-template <class Arch, class Pol, class Obs, int R, bool Masked, class Keys>
+/// One strip of R rows against one key tile: S, mask, weights, O update. With
+/// NK < key_vectors only the NK vectors of keys from j0 on are computed (kpanel and
+/// vtile point at key j0 inside the tile; P keeps the full tile's row stride): the
+/// edge tiles of a band whose other vectors every row of the strip masks.
+template <class Arch, class Pol, class Obs, int R, bool Masked, int NK, class Keys>
 void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
                 const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
                 bool pattern_partial, bool v_nonfinite) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   using tile = simd::tile_shape<Arch>;
-  constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys;
+  constexpr int W = O::width, NC = NK, BN = tile::keys;
   constexpr bool normalized = Pol::normalized;
   constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
   const index_t Dvp = c.kv.vdim_padded;
@@ -490,27 +498,46 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
     for (int r = 0; r < R; ++r) {
       float* orow = o + r * Dvp;
       for (index_t d = 0; d < Dvp; ++d) orow[d] *= scale[r];
-      for (int jj = 0; jj < BN; ++jj)
+      for (int jj = 0; jj < NC * W; ++jj)
         if (const float p = P[r * BN + jj]; p != 0.0f) simd::axpy<Arch>(p, vtile + jj * Dvp, orow, Dvp);
     }
     return;
   }
   index_t dc = 0;
   for (; dc + NV * W <= Dvp; dc += NV * W)
-    simd::pv_tile<Arch, R, NV>(P, BN, vtile + dc, Dvp, BN, o + dc, Dvp, scale);
-  for (; dc < Dvp; dc += W) simd::pv_tile<Arch, R, 1>(P, BN, vtile + dc, Dvp, BN, o + dc, Dvp, scale);
+    simd::pv_tile<Arch, R, NV>(P, BN, vtile + dc, Dvp, NC * W, o + dc, Dvp, scale);
+  for (; dc < Dvp; dc += W) simd::pv_tile<Arch, R, 1>(P, BN, vtile + dc, Dvp, NC * W, o + dc, Dvp, scale);
 }
 
 
 template <class Arch, class Pol, class Obs, int R, class Keys>
 void strip_dispatch(bool masked, const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0,
                     index_t j0, const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk,
-                    float bias2, bool pattern_partial, bool v_nonfinite) {
-  if (masked)
-    strip_step<Arch, Pol, Obs, R, true>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial,
-                                        v_nonfinite);
-  else
-    strip_step<Arch, Pol, Obs, R, false>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, false, v_nonfinite);
+                    float bias2, bool pattern_partial, bool v_nonfinite, int c0, int c1) {
+  using tile = simd::tile_shape<Arch>;
+  constexpr int NC = tile::key_vectors, W = tile::width;
+  if (!masked) {
+    strip_step<Arch, Pol, Obs, R, false, NC>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, false,
+                                             v_nonfinite);
+    return;
+  }
+  // Key vectors [c0, c1) of the tile hold every key some row of the strip may see.
+  // Narrower instances exist for full-height strips on AVX-512 only (the band edges
+  // of windows and causal diagonals); others compute the whole tile.
+  if constexpr (R == tile::rows && NC == 4 && W == 16) {
+    const index_t jc = j0 + c0 * W;
+    const float* kc = kpanel + c0 * W;
+    const float* vc = vtile + c0 * W * c.kv.vdim_padded;
+    switch (c1 - c0) {
+      case 1: return strip_step<Arch, Pol, Obs, R, true, 1>(c, sc, r0, row0, jc, kc, vc, b, h, bk, bias2, pattern_partial, v_nonfinite);
+      case 2: return strip_step<Arch, Pol, Obs, R, true, 2>(c, sc, r0, row0, jc, kc, vc, b, h, bk, bias2, pattern_partial, v_nonfinite);
+      case 3: return strip_step<Arch, Pol, Obs, R, true, 3>(c, sc, r0, row0, jc, kc, vc, b, h, bk, bias2, pattern_partial, v_nonfinite);
+      default: break;
+    }
+  }
+  (void)c0, (void)c1;
+  strip_step<Arch, Pol, Obs, R, true, NC>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial,
+                                          v_nonfinite);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -628,13 +655,18 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
         pp = tc == tile_class::partial;
         full = full && !pp;
       }
+      // Vectors of the tile outside [lo_lo, hi_hi) are masked for every row: their
+      // weights are exact zeros, so skipping them leaves the result bitwise the same.
+      constexpr int W = tile::width;
+      const int c0 = static_cast<int>(std::max<index_t>(lo_lo - j0, 0) / W);
+      const int c1 = static_cast<int>((std::min<index_t>(hi_hi - j0, BN) + W - 1) / W);
       switch (R) {
-        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
-        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
-        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
-        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
-        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
-        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad); break;
+        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
+        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
+        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
+        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
+        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
+        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
       }
     }
   }

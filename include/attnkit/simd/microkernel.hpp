@@ -2,7 +2,8 @@
 /// \file
 /// Register-blocked micro-kernels shared by every quadratic-family variant.
 ///
-/// qk_tile: S[R][NC·W] = Q[R][D] · Kᵀ panel [D][NC·W]. One operand is broadcast
+/// qk_tile: S[R][NC·W] = Q[R][D] · Kᵀ panel [D][NC·W] (panel rows `kstride` floats
+///   apart, so a narrower tile can read a sub-range of a wider panel). One operand is broadcast
 ///   (a query element), the other is a vector load from the packed Kᵀ panel, so
 ///   R·NC accumulators stay in registers for the whole D loop (6×4 zmm on AVX-512).
 /// pv_tile:  O[R][NV·W] += P[R][BN] · V[BN][NV·W], broadcasting P, loading V rows.
@@ -32,8 +33,8 @@ struct tile_shape {
 };
 
 template <class Arch, int R, int NC>
-inline void qk_tile(const float* q, long q_stride, const float* kpanel, long d_len,
-                    typename ops<Arch>::vf (&acc)[R][NC]) noexcept {
+ATTNKIT_FORCE_INLINE void qk_tile(const float* q, long q_stride, const float* kpanel, long d_len,
+                    typename ops<Arch>::vf (&acc)[R][NC], long kstride = NC * ops<Arch>::width) noexcept {
   using O = ops<Arch>;
   using vf = typename O::vf;
   constexpr int W = O::width;
@@ -42,7 +43,7 @@ inline void qk_tile(const float* q, long q_stride, const float* kpanel, long d_l
     ATTNKIT_UNROLL
     for (int c = 0; c < NC; ++c) acc[r][c] = O::set1(0.0f);
   for (long d = 0; d < d_len; ++d) {
-    const float* kp = kpanel + d * (NC * W);
+    const float* kp = kpanel + d * kstride;
     vf kv[NC];
     ATTNKIT_UNROLL
     for (int c = 0; c < NC; ++c) kv[c] = O::load(kp + c * W);
@@ -58,7 +59,7 @@ inline void qk_tile(const float* q, long q_stride, const float* kpanel, long d_l
 /// o rows (stride o_stride) are loaded, multiplied by `row_scale[r]` (the online
 /// softmax rescale; 1 for unnormalised variants), accumulated and stored back.
 template <class Arch, int R, int NV>
-inline void pv_tile(const float* p, long p_stride, const float* v, long v_stride, long keys, float* o,
+ATTNKIT_FORCE_INLINE void pv_tile(const float* p, long p_stride, const float* v, long v_stride, long keys, float* o,
                     long o_stride, const float* row_scale) noexcept {
   using O = ops<Arch>;
   using vf = typename O::vf;

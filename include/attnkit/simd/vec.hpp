@@ -15,6 +15,16 @@
 #include <immintrin.h>
 #endif
 
+/// Forces inlining of the helpers that work on register tiles. An out-of-line call
+/// makes the caller spill every live vector register (all are caller-saved), so a
+/// kernel whose 24 accumulators cross one such call runs at half speed. GCC's own
+/// heuristics drop these inlines once a caller has many template instances.
+#if defined(__GNUC__)
+#define ATTNKIT_FORCE_INLINE [[gnu::always_inline]] inline
+#else
+#define ATTNKIT_FORCE_INLINE inline
+#endif
+
 namespace attnkit::simd {
 
 /// Coefficients of 2^f on f ∈ [−0.5, 0.5] (1 + f·P(f), Cephes exp2f form):
@@ -38,20 +48,20 @@ struct ops {
   using vi = xsimd::batch<std::int32_t, Arch>;
   static constexpr int width = static_cast<int>(vf::size);
 
-  static vf load(const float* p) noexcept { return vf::load_unaligned(p); }
-  static void store(float* p, vf v) noexcept { v.store_unaligned(p); }
-  static vf set1(float x) noexcept { return vf(x); }
-  static vf fma(vf a, vf b, vf c) noexcept { return xsimd::fma(a, b, c); }
+  ATTNKIT_FORCE_INLINE static vf load(const float* p) noexcept { return vf::load_unaligned(p); }
+  ATTNKIT_FORCE_INLINE static void store(float* p, vf v) noexcept { v.store_unaligned(p); }
+  ATTNKIT_FORCE_INLINE static vf set1(float x) noexcept { return vf(x); }
+  ATTNKIT_FORCE_INLINE static vf fma(vf a, vf b, vf c) noexcept { return xsimd::fma(a, b, c); }
   /// max/min return b when either operand is NaN (x86 semantics), so pass the
   /// value that may be NaN second when NaN must propagate.
-  static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
-  static vf min(vf a, vf b) noexcept { return xsimd::min(a, b); }
-  static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
+  ATTNKIT_FORCE_INLINE static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
+  ATTNKIT_FORCE_INLINE static vf min(vf a, vf b) noexcept { return xsimd::min(a, b); }
+  ATTNKIT_FORCE_INLINE static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
   /// True iff any lane is NaN. Not `v != v`: xsimd 8.1's != is the *ordered*
   /// compare (_CMP_NEQ_OQ), false for NaN lanes.
-  static bool has_nan(vf v) noexcept { return !xsimd::all(v == v); }
+  ATTNKIT_FORCE_INLINE static bool has_nan(vf v) noexcept { return !xsimd::all(v == v); }
   /// Horizontal max; NaN if any lane is NaN.
-  static float reduce_max(vf v) noexcept {
+  ATTNKIT_FORCE_INLINE static float reduce_max(vf v) noexcept {
     if (has_nan(v)) return std::numeric_limits<float>::quiet_NaN();
 #if defined(__AVX512F__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) return _mm512_reduce_max_ps(v);
@@ -63,21 +73,21 @@ struct ops {
     return m;
   }
   /// Lane j holds `start + j`.
-  static vf iota(float start) noexcept {
+  ATTNKIT_FORCE_INLINE static vf iota(float start) noexcept {
     alignas(64) float t[width];
     for (int i = 0; i < width; ++i) t[i] = start + static_cast<float>(i);
     return vf::load_unaligned(t);
   }
   /// x where lo <= idx < hi, else −inf (range masking of a tile column vector).
-  static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
+  ATTNKIT_FORCE_INLINE static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
     auto keep = (idx >= vf(lo)) & (idx < vf(hi));
     return xsimd::select(keep, x, vf(-std::numeric_limits<float>::infinity()));
   }
   /// x where idx < hi, else 0 (a weight row cut at a prefix; a NaN beyond it is dropped).
-  static vf keep_below(vf x, vf idx, float hi) noexcept { return xsimd::select(idx < vf(hi), x, vf(0.0f)); }
+  ATTNKIT_FORCE_INLINE static vf keep_below(vf x, vf idx, float hi) noexcept { return xsimd::select(idx < vf(hi), x, vf(0.0f)); }
 
   /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
-  static vf exp2_fast(vf x) noexcept {
+  ATTNKIT_FORCE_INLINE static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
     // Constant first: x86 min/max return the second operand when either is NaN,
     // so a NaN stays NaN through the clamp.
@@ -98,13 +108,13 @@ struct ops {
     const vf res = xsimd::bitwise_cast<vf>(xsimd::bitwise_cast<vi>(p) + ni);
     return xsimd::select(x < vf(exp2_underflow), vf(0.0f), res);
   }
-  static vf exp2_precise(vf x) noexcept { return xsimd::exp2(x); }
-  static vf log1p(vf x) noexcept { return xsimd::log1p(x); }
-  static vf tanh(vf x) noexcept { return xsimd::tanh(x); }
-  static vf abs(vf x) noexcept { return xsimd::abs(x); }
-  static float first_lane(vf x) noexcept { return x.get(0); }
+  ATTNKIT_FORCE_INLINE static vf exp2_precise(vf x) noexcept { return xsimd::exp2(x); }
+  ATTNKIT_FORCE_INLINE static vf log1p(vf x) noexcept { return xsimd::log1p(x); }
+  ATTNKIT_FORCE_INLINE static vf tanh(vf x) noexcept { return xsimd::tanh(x); }
+  ATTNKIT_FORCE_INLINE static vf abs(vf x) noexcept { return xsimd::abs(x); }
+  ATTNKIT_FORCE_INLINE static float first_lane(vf x) noexcept { return x.get(0); }
   /// x where keep[lane] is true, else −inf (boolean attention mask, true = attend).
-  static vf mask_bool(vf x, const bool* keep) noexcept {
+  ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const bool* keep) noexcept {
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
       const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep));
@@ -119,7 +129,7 @@ struct ops {
     return vf::load_unaligned(t);
   }
   /// Number of lanes that are not −inf.
-  static float count_finite(vf x) noexcept {
+  ATTNKIT_FORCE_INLINE static float count_finite(vf x) noexcept {
     return xsimd::hadd(xsimd::select(x == vf(-std::numeric_limits<float>::infinity()), vf(0.0f), vf(1.0f)));
   }
 };
@@ -129,22 +139,22 @@ template <>
 struct ops<scalar> {
   using vf = float;
   static constexpr int width = 1;
-  static vf load(const float* p) noexcept { return *p; }
-  static void store(float* p, vf v) noexcept { *p = v; }
-  static vf set1(float x) noexcept { return x; }
+  ATTNKIT_FORCE_INLINE static vf load(const float* p) noexcept { return *p; }
+  ATTNKIT_FORCE_INLINE static void store(float* p, vf v) noexcept { *p = v; }
+  ATTNKIT_FORCE_INLINE static vf set1(float x) noexcept { return x; }
   // a*b+c, not std::fma: without hardware FMA std::fma is a slow library call.
-  static vf fma(vf a, vf b, vf c) noexcept { return a * b + c; }
-  static vf max(vf a, vf b) noexcept { return a > b ? a : b; }
-  static vf min(vf a, vf b) noexcept { return a < b ? a : b; }
-  static float reduce_add(vf v) noexcept { return v; }
-  static bool has_nan(vf v) noexcept { return v != v; }
-  static float reduce_max(vf v) noexcept { return v; }
-  static vf iota(float start) noexcept { return start; }
-  static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
+  ATTNKIT_FORCE_INLINE static vf fma(vf a, vf b, vf c) noexcept { return a * b + c; }
+  ATTNKIT_FORCE_INLINE static vf max(vf a, vf b) noexcept { return a > b ? a : b; }
+  ATTNKIT_FORCE_INLINE static vf min(vf a, vf b) noexcept { return a < b ? a : b; }
+  ATTNKIT_FORCE_INLINE static float reduce_add(vf v) noexcept { return v; }
+  ATTNKIT_FORCE_INLINE static bool has_nan(vf v) noexcept { return v != v; }
+  ATTNKIT_FORCE_INLINE static float reduce_max(vf v) noexcept { return v; }
+  ATTNKIT_FORCE_INLINE static vf iota(float start) noexcept { return start; }
+  ATTNKIT_FORCE_INLINE static vf mask_range(vf x, vf idx, float lo, float hi) noexcept {
     return (idx >= lo && idx < hi) ? x : -std::numeric_limits<float>::infinity();
   }
-  static vf keep_below(vf x, vf idx, float hi) noexcept { return idx < hi ? x : 0.0f; }
-  static vf exp2_fast(vf x) noexcept {
+  ATTNKIT_FORCE_INLINE static vf keep_below(vf x, vf idx, float hi) noexcept { return idx < hi ? x : 0.0f; }
+  ATTNKIT_FORCE_INLINE static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
     if (x != x) return x;
     if (x < exp2_underflow) return 0.0f;
@@ -159,15 +169,15 @@ struct ops<scalar> {
     p = p * f + 1.0f;
     return std::ldexp(p, static_cast<int>(n));
   }
-  static vf exp2_precise(vf x) noexcept { return std::exp2(x); }
-  static vf log1p(vf x) noexcept { return std::log1p(x); }
-  static vf tanh(vf x) noexcept { return std::tanh(x); }
-  static vf abs(vf x) noexcept { return std::abs(x); }
-  static float first_lane(vf x) noexcept { return x; }
-  static vf mask_bool(vf x, const bool* keep) noexcept {
+  ATTNKIT_FORCE_INLINE static vf exp2_precise(vf x) noexcept { return std::exp2(x); }
+  ATTNKIT_FORCE_INLINE static vf log1p(vf x) noexcept { return std::log1p(x); }
+  ATTNKIT_FORCE_INLINE static vf tanh(vf x) noexcept { return std::tanh(x); }
+  ATTNKIT_FORCE_INLINE static vf abs(vf x) noexcept { return std::abs(x); }
+  ATTNKIT_FORCE_INLINE static float first_lane(vf x) noexcept { return x; }
+  ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const bool* keep) noexcept {
     return *keep ? x : -std::numeric_limits<float>::infinity();
   }
-  static float count_finite(vf x) noexcept { return x != -std::numeric_limits<float>::infinity() ? 1.0f : 0.0f; }
+  ATTNKIT_FORCE_INLINE static float count_finite(vf x) noexcept { return x != -std::numeric_limits<float>::infinity() ? 1.0f : 0.0f; }
 };
 
 }  // namespace attnkit::simd
