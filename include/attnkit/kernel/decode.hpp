@@ -17,6 +17,16 @@ inline constexpr index_t decode_chunk = 512;
 /// The decode path is taken when q_len · group <= this many rows.
 inline constexpr index_t decode_max_rows = 16;
 
+/// Asks for the cache lines of [p, p + bytes) (a hint; no effect on results).
+inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
 template <class Arch, class Pol, class Obs, class KV>
 void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
@@ -75,8 +85,18 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     thread_local aligned_vector<float> kwide;
     if constexpr (!std::is_same_v<KV, float>)
       if (kwide.size() < static_cast<std::size_t>(D)) kwide.resize(static_cast<std::size_t>(D));
+    // One row of the cache is memory-bound work: prefetch K a few rows ahead and
+    // this chunk's V rows (the P·V pass then finds them in L2), so both streams are
+    // in flight while the dot products run.
+    constexpr index_t prefetch_ahead = 8;
+    const std::size_t k_row_bytes = static_cast<std::size_t>(D) * sizeof(KV),
+                      v_row_bytes = static_cast<std::size_t>(Dv) * sizeof(KV);
     for (index_t j = j0; j < j1; ++j) {
       const bool any = j >= lo_min && j < hi_max;
+      if (any) {
+        if (j + prefetch_ahead < hi_max) prefetch_row(k.row(b, g, j + prefetch_ahead), k_row_bytes);
+        prefetch_row(v.row(b, g, j), v_row_bytes);
+      }
       const float* kr = nullptr;
       if (any) {
         if constexpr (std::is_same_v<KV, float>) {
