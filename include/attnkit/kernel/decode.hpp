@@ -88,9 +88,9 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     // One row of the cache is memory-bound work: prefetch K a few rows ahead and
     // this chunk's V rows (the P·V pass then finds them in L2), so both streams are
     // in flight while the dot products run.
-    constexpr index_t prefetch_ahead = 8;
     const std::size_t k_row_bytes = static_cast<std::size_t>(D) * sizeof(KV),
                       v_row_bytes = static_cast<std::size_t>(Dv) * sizeof(KV);
+    const index_t prefetch_ahead = std::max<index_t>(8, static_cast<index_t>(4096 / k_row_bytes));  // ≥ 4 KiB
     for (index_t j = j0; j < j1; ++j) {
       const bool any = j >= lo_min && j < hi_max;
       if (any) {
