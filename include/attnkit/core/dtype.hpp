@@ -107,12 +107,4 @@ inline void widen(const T* src, float* dst, index_t n) noexcept {
   for (; i < n; ++i) dst[i] = to_float(src[i]);
 }
 
-/// Whether x[0..n) holds a NaN or ±Inf: an all-ones exponent field. Integer OR
-/// reduction, so the compiler vectorises it (a float sum would be a serial chain).
-inline bool any_nonfinite(const float* x, index_t n) noexcept {
-  std::uint32_t bad = 0;
-  for (index_t i = 0; i < n; ++i) bad |= (~std::bit_cast<std::uint32_t>(x[i]) & 0x7f800000u) == 0u;
-  return bad != 0;
-}
-
 }  // namespace attnkit

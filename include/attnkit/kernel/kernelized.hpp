@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../simd/transpose.hpp"
 #include "quadratic.hpp"
 
 namespace attnkit::detail {
@@ -65,13 +66,14 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       return std::max<index_t>(p, 0);
     };
 
-    thread_local aligned_vector<float> S, z, phik_t, vpad, phiq, o, xrow, P, rowscale;
+    thread_local aligned_vector<float> S, z, phik_t, phik_rows, vpad, phiq, o, xrow, P, rowscale;
     auto grow = [](aligned_vector<float>& x, index_t n) {
       if (x.size() < static_cast<std::size_t>(n)) x.resize(static_cast<std::size_t>(n));
     };
     grow(S, M * Dvp);
     grow(z, M);
     grow(phik_t, M * BN);
+    grow(phik_rows, BN * M);
     grow(vpad, BN * Dvp);
     grow(phiq, BN * M);
     grow(o, BN * Dvp);
@@ -103,16 +105,19 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
           widen(k.row(b, g, j0 + jj), xrow.data(), sh.head_dim);
           x = xrow.data();
         }
-        thread_local aligned_vector<float> f;
-        if (f.size() < static_cast<std::size_t>(M)) f.resize(static_cast<std::size_t>(M));
-        fk.map(x, token_ref{b, g, j0 + jj, false, bk}, f.data());
-        for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = f[static_cast<std::size_t>(m)];
+        fk.map(x, token_ref{b, g, j0 + jj, false, bk}, phik_rows.data() + jj * M);
         float* vrow = vpad.data() + jj * Dvp;
         widen(v.row(b, g, j0 + jj), vrow, Dv);
-        nonfinite = nonfinite || any_nonfinite(vrow, Dv);
+        nonfinite = nonfinite || simd::any_nonfinite<Arch>(vrow, Dv);
         std::fill(vrow + Dv, vrow + Dvp, 0.0f);
       }
       loaded_v_nonfinite = nonfinite;
+      // Feature rows → φKᵀ panel, 16 keys at a time (a register transpose on AVX-512).
+      index_t jj = 0;
+      if constexpr (BN % 16 == 0)
+        for (; jj + 16 <= n; jj += 16) simd::transpose_16<Arch>(phik_rows.data() + jj * M, M, M, phik_t.data() + jj, BN);
+      for (; jj < n; ++jj)
+        for (index_t m = 0; m < M; ++m) phik_t[static_cast<std::size_t>(m * BN + jj)] = phik_rows[static_cast<std::size_t>(jj * M + m)];
     };
     // (S, z) ← λ^n (S, z) + Σ_j λ^{n−1−jj} φ(k_j) (v_j, 1) over the loaded keys.
     auto absorb = [&](index_t n) {

@@ -78,7 +78,7 @@ struct packed_kv {
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = to_float(kr[d]);
         float* vrow = vh + j * vdim_padded;
         widen(v.row(b, g, j), vrow, Dv);
-        nonfinite = nonfinite || any_nonfinite(vrow, Dv);
+        nonfinite = nonfinite || simd::any_nonfinite<Arch>(vrow, Dv);
         std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
       }
       flag[bg] = nonfinite;

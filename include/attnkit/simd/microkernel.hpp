@@ -160,6 +160,23 @@ inline float dot(const float* a, const float* b, long n) noexcept {
   return s;
 }
 
+/// Whether x[0..n) holds a NaN or ±Inf (x − x is NaN exactly then). Explicit
+/// vectors: GCC's -O2 cost model leaves such a reduction loop scalar.
+template <class Arch>
+inline bool any_nonfinite(const float* x, long n) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  typename O::vf acc = O::set1(0.0f);
+  long d = 0;
+  for (; d + W <= n; d += W) {
+    const typename O::vf v = O::load(x + d);
+    acc = acc + (v - v);
+  }
+  float tail = 0.0f;
+  for (; d < n; ++d) tail += x[d] - x[d];
+  return O::has_nan(acc) || tail != tail;
+}
+
 /// o[0..n) += p · v[0..n)
 template <class Arch>
 inline void axpy(float p, const float* v, float* o, long n) noexcept {
