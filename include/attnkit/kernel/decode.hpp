@@ -17,16 +17,6 @@ inline constexpr index_t decode_chunk = 512;
 /// The decode path is taken when q_len · group <= this many rows.
 inline constexpr index_t decode_max_rows = 16;
 
-/// Asks for the cache lines of [p, p + bytes) (a hint; no effect on results).
-inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
-#if defined(__GNUC__)
-  const char* c = static_cast<const char*>(p);
-  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
-#else
-  (void)p, (void)bytes;
-#endif
-}
-
 template <class Arch, class Pol, class Obs, class KV>
 void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,

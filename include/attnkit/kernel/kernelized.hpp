@@ -98,6 +98,13 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         std::fill_n(vpad.data(), BN * Dvp, 0.0f);
       }
       for (index_t jj = 0; jj < n; ++jj) {
+        // The next chunk's K and V rows are requested now and arrive while this
+        // chunk's products run: at D = 64 the streams of Q, K, V and O are a
+        // visible share of the time.
+        if (const index_t jn = j0 + BN + jj; jn < Lk) {
+          prefetch_row(k.row(b, g, jn), static_cast<std::size_t>(sh.head_dim) * sizeof(KV));
+          prefetch_row(v.row(b, g, jn), static_cast<std::size_t>(Dv) * sizeof(KV));
+        }
         const float* x = nullptr;
         if constexpr (std::is_same_v<KV, float>) {
           x = k.row(b, g, j0 + jj);
@@ -162,6 +169,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       advance_to(causal_rows ? p_first : bk.lk);
       // φQ for the chunk.
       for (index_t r = 0; r < rows; ++r) {
+        if (i0 + BN + r < Lq) prefetch_row(q.row(b, h, i0 + BN + r), static_cast<std::size_t>(sh.head_dim) * sizeof(float));
         const float* qr = q.row(b, h, i0 + r);
         fq.map(qr, token_ref{b, h, i0 + r, true, bk}, phiq.data() + r * M);
       }

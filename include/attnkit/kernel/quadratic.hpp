@@ -33,6 +33,16 @@ inline constexpr float log2e = std::numbers::log2e_v<float>;
 inline constexpr float ln2 = std::numbers::ln2_v<float>;
 inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
+/// Asks for the cache lines of [p, p + bytes) (a hint; no effect on results).
+inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
 /// Kᵀ panels and padded V rows of every (batch, kv-head): packed once per call.
 template <class Arch>
 struct packed_kv {
