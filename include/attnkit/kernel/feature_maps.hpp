@@ -96,9 +96,12 @@ struct lln_feature {
     float shift;
     if (key_shift) {
       shift = (*key_shift)[static_cast<std::size_t>(t.batch * kv_heads + t.head)];
-    } else {
-      shift = -std::numeric_limits<float>::infinity();
-      for (index_t d = 0; d < D; ++d) shift = std::max(shift, a * x[d]);
+    } else {  // the query's own max of α·x (x86 max keeps the second operand on NaN: NaN skipped)
+      index_t d = 0;
+      auto mv = O::set1(-std::numeric_limits<float>::infinity());
+      for (; d + W <= D; d += W) mv = O::max(O::load(x + d) * O::set1(a), mv);
+      shift = O::reduce_max(mv);
+      for (; d < D; ++d) shift = std::max(shift, a * x[d]);
     }
     index_t d = 0;
     const auto av = O::set1(a * log2e), sv = O::set1(shift * log2e);
