@@ -85,3 +85,21 @@ TEST_CASE("causal linear attention's last row equals the non-causal result", "[l
   for (index_t d = 0; d < 8; ++d)
     CHECK(a[static_cast<std::size_t>(299 * 8 + d)] == Approx(b[static_cast<std::size_t>(299 * 8 + d)]).epsilon(1e-5));
 }
+
+TEST_CASE("LLN's one-pass standard deviation holds on data far from zero", "[lln]") {
+  // Mean 1000, σ ≈ 0.01: a naive Σx² − (Σx)²/n in double would keep ~4 digits.
+  problem p(2, 3, 3, 37, 37, 40, 40, 5, 0.01f);
+  std::vector<float> x = p.q;
+  for (auto& e : x) e += 1000.0f;
+  const auto view = bhsd(static_cast<const float*>(x.data()), p.B, p.Hq, p.Lq, p.D);
+  double mean = 0, m2 = 0;
+  for (float e : x) mean += e;
+  mean /= static_cast<double>(x.size());
+  for (float e : x) m2 += (e - mean) * (e - mean);
+  const double ref = std::sqrt(m2 / static_cast<double>(x.size() - 1));
+  for (int threads : {1, 3}) {
+    const double got = detail::sample_std_of(view, threads);
+    CHECK(std::abs(got - ref) <= 1e-9 * ref);
+  }
+  CHECK(detail::sample_std_of(view, 1) == detail::sample_std_of(view, 3));  // thread-count independent
+}

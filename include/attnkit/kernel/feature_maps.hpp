@@ -110,41 +110,49 @@ struct lln_feature {
   }
 };
 
-/// Sample standard deviation (n − 1) of every entry of a view, in double. Two passes
-/// (mean, then squared deviations) for accuracy, each split by (batch, head) over the
-/// thread pool with eight independent accumulators per row (a single running double
-/// sum is latency-bound: it was most of LLN's cost). Partial sums are combined in a
-/// fixed order, so the result does not depend on the thread count.
+/// Sample standard deviation (n − 1) of every entry of a view, in double, in one
+/// pass over the data (it is read from memory, so passes cost more than flops):
+/// sums of x − s and (x − s)² with s the mean of the first row, then
+/// var = (Σ(x−s)² − (Σ(x−s))²/n) / (n − 1). In double the cancellation costs about
+/// ε·(μ − s)²/σ² relative: negligible unless the first row sits ~10⁶ σ from the
+/// mean. Rows are split by (batch, head) over the thread pool with eight
+/// independent accumulators each (one running sum is latency-bound); partial sums
+/// are combined in a fixed order, so the result does not depend on the thread count.
 template <class T>
 double sample_std_of(const tensor_view<const T>& t, int threads) {
   const index_t B = t.batch(), H = t.heads(), L = t.seq(), D = t.dim();
   const double n = static_cast<double>(B * H * L * D);
   if (n < 2) return 0.0;
-  std::vector<double> part(static_cast<std::size_t>(B * H));
-  auto reduce_rows = [&](double shift, bool squares) {
-    parallel_for(B * H, threads, [&](index_t bh) {
-      double acc[8] = {};
-      for (index_t s = 0; s < L; ++s) {
-        const T* r = t.row(bh / H, bh % H, s);
-        index_t d = 0;
-        for (; d + 8 <= D; d += 8)
-          for (int u = 0; u < 8; ++u) {
-            const double x = static_cast<double>(to_float(r[d + u])) - shift;
-            acc[u] += squares ? x * x : x;
-          }
-        for (; d < D; ++d) {
-          const double x = static_cast<double>(to_float(r[d])) - shift;
-          acc[0] += squares ? x * x : x;
+  double pilot = 0;
+  for (index_t d = 0; d < D; ++d) pilot += static_cast<double>(to_float(t.row(0, 0, 0)[d]));
+  pilot /= static_cast<double>(D);
+  if (!std::isfinite(pilot)) pilot = 0;  // NaN/Inf data: the sums below carry it
+  std::vector<double> part1(static_cast<std::size_t>(B * H)), part2(part1.size());
+  parallel_for(B * H, threads, [&](index_t bh) {
+    double s1[8] = {}, s2[8] = {};
+    for (index_t s = 0; s < L; ++s) {
+      const T* r = t.row(bh / H, bh % H, s);
+      index_t d = 0;
+      for (; d + 8 <= D; d += 8)
+        for (int u = 0; u < 8; ++u) {
+          const double x = static_cast<double>(to_float(r[d + u])) - pilot;
+          s1[u] += x;
+          s2[u] += x * x;
         }
+      for (; d < D; ++d) {
+        const double x = static_cast<double>(to_float(r[d])) - pilot;
+        s1[0] += x;
+        s2[0] += x * x;
       }
-      part[static_cast<std::size_t>(bh)] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    });
-    double total = 0;
-    for (double x : part) total += x;
-    return total;
-  };
-  const double mean = reduce_rows(0.0, false) / n;
-  return std::sqrt(reduce_rows(mean, true) / (n - 1));
+    }
+    auto sum8 = [](const double* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); };
+    part1[static_cast<std::size_t>(bh)] = sum8(s1);
+    part2[static_cast<std::size_t>(bh)] = sum8(s2);
+  });
+  double S1 = 0, S2 = 0;
+  for (std::size_t x = 0; x < part1.size(); ++x) S1 += part1[x], S2 += part2[x];
+  const double var = (S2 - S1 * S1 / n) / (n - 1);
+  return std::sqrt(var < 0 ? 0.0 : var);  // NaN data stays NaN
 }
 
 /// Options the kernelised family understands: causal (prefix), key_lengths, scale
