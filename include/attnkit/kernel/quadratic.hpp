@@ -328,8 +328,9 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
 /// the options' masks applied (masked → −inf) when Masked. Shared by strip_step and
 /// by patterns that look at the logits before the main pass (top_k), so both see
 /// bitwise the same values. NK ≤ key_vectors: the strip may compute only the NK
-/// vectors of keys from j0 on (kpanel then points into a wider panel). Forced inline: out of line, the register tile would go
-/// through memory (GCC does not inline the masked instances by itself).
+/// vectors of keys from j0 on (kpanel then points into a wider panel). Forced
+/// inline: out of line, the register tile would go through memory (GCC does not
+/// inline the masked instances by itself).
 template <class Arch, int R, bool Masked, class Pol, class Keys, int NK>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
