@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <attnkit/simd/microkernel.hpp>
+#include <attnkit/simd/transpose.hpp>
 
 #include <bit>
 #include <cmath>
@@ -103,4 +104,30 @@ TEMPLATE_LIST_TEST_CASE("qk_tile and pv_tile equal plain loops", "[simd]", simd:
       for (long j = 0; j < keys; ++j) ref += static_cast<double>(p[r * keys + j]) * v[j * ldv + d];
       CHECK(o[static_cast<std::size_t>(r * ldo + d)] == Approx(ref).margin(1e-5));
     }
+}
+
+TEMPLATE_LIST_TEST_CASE("transpose_16 and any_nonfinite equal plain loops", "[simd]", simd::compiled_archs) {
+  for (long dim : {1L, 15L, 16L, 40L, 64L}) {  // vector blocks of 16 dims plus a scalar tail
+    const long stride = dim + 3, ld = 64;
+    std::vector<float> src(static_cast<std::size_t>(16 * stride)), dst(static_cast<std::size_t>(dim * ld), -1.0f);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i) * 0.5f - 7.0f;
+    simd::transpose_16<TestType>(src.data(), stride, dim, dst.data(), ld);
+    for (long d = 0; d < dim; ++d)
+      for (long i = 0; i < ld; ++i) {
+        const float want = i < 16 ? src[static_cast<std::size_t>(i * stride + d)] : -1.0f;  // padding untouched
+        REQUIRE(dst[static_cast<std::size_t>(d * ld + i)] == want);
+      }
+  }
+  std::vector<float> x(37, 1.5f);
+  CHECK_FALSE(simd::any_nonfinite<TestType>(x.data(), 37));
+  for (std::size_t at : {std::size_t{0}, std::size_t{17}, std::size_t{36}})  // vector body and scalar tail
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                      -std::numeric_limits<float>::infinity()}) {
+      std::vector<float> y = x;
+      y[at] = bad;
+      CHECK(simd::any_nonfinite<TestType>(y.data(), 37));
+    }
+  x[3] = std::numeric_limits<float>::max();  // large but finite
+  x[4] = std::numeric_limits<float>::denorm_min();
+  CHECK_FALSE(simd::any_nonfinite<TestType>(x.data(), 37));
 }
