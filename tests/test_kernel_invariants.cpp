@@ -52,6 +52,38 @@ TEST_CASE("kernels are bitwise identical for 1, 2, 3 and 16 threads", "[determin
   }
 }
 
+TEST_CASE("stochastic permutation: rank-order packing is exact for any thread count and 16-bit K/V",
+          "[determinism][permutation][dtype]") {
+  // The skeleton reads Q/K/V rows and writes O rows through the permutation (no
+  // permuted copies): the scheduling of those scattered rows must not matter.
+  problem p(2, 4, 2, 301, 301, 40, 24, 41);
+  const stochastic_permutation pol{.window = 48, .seed = 9};
+  options o;
+  o.num_threads = 1;
+  std::vector<float> lse_ref(2 * 4 * 301), lse(lse_ref.size());
+  o.lse = lse_ref.data();
+  std::vector<float> ref(p.out_size()), out(p.out_size());
+  attention(pol, p.qv(), p.kv(), p.vv(), p.ov(ref), o);
+  for (int threads : {2, 3, 16}) {
+    o.num_threads = threads;
+    o.lse = lse.data();
+    std::fill(out.begin(), out.end(), -1.0f);
+    attention(pol, p.qv(), p.kv(), p.vv(), p.ov(out), o);
+    INFO("threads " << threads);
+    CHECK(std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(lse.data(), lse_ref.data(), lse.size() * sizeof(float)) == 0);
+  }
+  // bf16 K/V storage equals float K/V holding the same values.
+  std::vector<bfloat16> kh(p.k.size()), vh(p.v.size());
+  for (std::size_t i = 0; i < p.k.size(); ++i) p.k[i] = (kh[i] = bfloat16::from_float(p.k[i])).to_float();
+  for (std::size_t i = 0; i < p.v.size(); ++i) p.v[i] = (vh[i] = bfloat16::from_float(p.v[i])).to_float();
+  options plain;
+  attention(pol, p.qv(), p.kv(), p.vv(), p.ov(ref), plain);
+  attention(pol, p.qv(), bhsd(static_cast<const bfloat16*>(kh.data()), 2, 2, 301, 40),
+            bhsd(static_cast<const bfloat16*>(vh.data()), 2, 2, 301, 24), p.ov(out), plain);
+  CHECK(std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0);
+}
+
 TEST_CASE("merge_partials of two key halves equals the whole (prefill and decode)", "[merge]") {
   // Tolerance: 2e-6 × max|out| (two fp32 results combined with fp32 weights).
   for (index_t Lq : {index_t{1}, index_t{77}}) {

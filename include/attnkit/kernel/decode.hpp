@@ -260,7 +260,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         for (index_t d = 0; d < Dv; ++d) o[d] += pr[5 + d];
       }
     }
-    finalize_row<Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o, row_extras{first, K ? topk.data() : nullptr, K});
+    finalize_row<Arch, Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o, row_extras{first, K ? topk.data() : nullptr, K});
   });
 }
 

@@ -1,12 +1,15 @@
 #pragma once
 /// \file
-/// Stochastic permutation attention: SA(Q,K,V) = Pᵀ·SWA_w(PQ, PK, PV). Tokens are
-/// gathered into rank order per kv head, the quadratic skeleton runs a window on
-/// ranks (its tiles stay banded, so the cost is that of sliding-window attention),
-/// and rows are scattered back. Options' masks and positional terms (causal, key
-/// lengths, boolean mask, bias, ALiBi) use the original indices: they enter as
-/// the key-set adapter's additive term on the tiles they touch.
+/// Stochastic permutation attention: SA(Q,K,V) = Pᵀ·SWA_w(PQ, PK, PV). The quadratic
+/// skeleton runs a window on ranks (its tiles stay banded, so the cost is that of
+/// sliding-window attention) through a key-set adapter that also reorders rows: K/V
+/// are packed in rank order straight from the caller's tensors, and each skeleton
+/// row reads its query and writes its output at the token's original index, so no
+/// permuted copy of Q, K, V or O is made. Options' masks and positional terms
+/// (causal, key lengths, boolean mask, bias, ALiBi) use the original indices: they
+/// enter as the adapter's additive term on the tiles they touch.
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "../policy/stochastic_permutation.hpp"
@@ -24,6 +27,11 @@ struct rank_window_keys {
   bool original_terms = false;  ///< any option that depends on original indices
 
   const std::vector<index_t>& pi(index_t h) const { return perm[perm.size() == 1 ? 0 : static_cast<std::size_t>(h / group)]; }
+  /// Row reordering (see quadratic.hpp): rank r of query head h / kv head g.
+  index_t token(index_t h, index_t r) const { return pi(h)[static_cast<std::size_t>(r)]; }
+  index_t kv_token(index_t g, index_t r) const {
+    return perm[perm.size() == 1 ? 0 : static_cast<std::size_t>(g)][static_cast<std::size_t>(r)];
+  }
 
   key_range hull(index_t, index_t, index_t r) const {
     const index_t half = window / 2;
@@ -56,19 +64,17 @@ struct rank_window_keys {
   }
 };
 
-/// Forwards rows to the caller's observer with their original index.
+/// Forwards rows to the caller's observer (rows already carry their original index).
 template <class Obs>
 struct unpermuting_observer {
   static constexpr bool enabled = Obs::enabled;
   static constexpr bool wants_entropy = Obs::wants_entropy;
   static constexpr bool wants_first_logit = Obs::wants_first_logit;
   Obs& inner;
-  const rank_window_keys& keys;
   int top_k() const { return inner.top_k(); }
   void begin(const problem_shape& s, const options& o) { inner.begin(s, o); }
   void end() { inner.end(); }
   void on_row(row_state st) {
-    st.row = keys.pi(st.head)[static_cast<std::size_t>(st.row)];
     // Key 0 of rank order is not token 0: the first-token logit is not tracked here.
     st.first_logit = -std::numeric_limits<double>::infinity();
     inner.on_row(st);
@@ -84,40 +90,9 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
     fail("k", "extent 'seq'", std::to_string(sh.q_len) + " (stochastic permutation is self-attention: Lk = Lq)",
          sh.k_len);
   if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
-  const index_t n = sh.q_len, B = sh.batch, H = sh.q_heads, G = sh.kv_heads, D = sh.head_dim, Dv = sh.value_dim;
-  const int threads = resolve_num_threads(opt.num_threads);
-  const auto& pi = [&](index_t g) -> const std::vector<index_t>& {
-    return perm[perm.size() == 1 ? 0 : static_cast<std::size_t>(g)];
-  };
-  // Gather into rank order (K, V widened to float).
-  // Rank-order copies live in per-thread buffers reused across calls (no page faults
-  // or zero-fill per call; every element is written by the gather before it is read).
-  thread_local aligned_vector<float> pq, pk, pv, po;
-  auto grow = [](aligned_vector<float>& x, index_t size) {
-    if (x.size() < static_cast<std::size_t>(size)) x.resize(static_cast<std::size_t>(size));
-  };
-  grow(pq, B * H * n * D);
-  grow(pk, B * G * n * D);
-  grow(pv, B * G * n * Dv);
-  grow(po, B * H * n * Dv);
-  const auto PQ = bhsd(pq.data(), B, H, n, D);
-  const auto PK = bhsd(pk.data(), B, G, n, D);
-  const auto PV = bhsd(pv.data(), B, G, n, Dv);
-  const auto PO = bhsd(po.data(), B, H, n, Dv);
-  parallel_for(B * H, threads, [&](index_t bh) {
-    const index_t b = bh / H, h = bh % H;
-    const auto& p = pi(h / sh.group());
-    for (index_t r = 0; r < n; ++r) std::copy_n(q.row(b, h, p[static_cast<std::size_t>(r)]), D, PQ.row(b, h, r));
-  });
-  parallel_for(B * G, threads, [&](index_t bg) {
-    const index_t b = bg / G, g = bg % G;
-    const auto& p = pi(g);
-    for (index_t r = 0; r < n; ++r) {
-      widen(k.row(b, g, p[static_cast<std::size_t>(r)]), PK.row(b, g, r), D);
-      widen(v.row(b, g, p[static_cast<std::size_t>(r)]), PV.row(b, g, r), Dv);
-    }
-  });
-  // Original-index options move into the adapter; the skeleton sees rank space.
+  const index_t n = sh.q_len;
+  // Original-index options move into the adapter; the skeleton sees rank space
+  // (LSE and outputs are still written at original indices, by the adapter's token()).
   options ranked = opt;
   ranked.causal = causal::none;
   ranked.window = {};
@@ -125,34 +100,16 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
   ranked.mask = {};
   ranked.bias = {};
   ranked.alibi_slopes = {};
-  std::vector<float> lse_ranked;
-  if (opt.lse) {
-    lse_ranked.resize(static_cast<std::size_t>(B * H * n));
-    ranked.lse = lse_ranked.data();
-  }
   const bool original_terms = opt.causal != causal::none || opt.window.active() || !opt.key_lengths.empty() ||
                               opt.mask.data || opt.bias.data || !opt.alibi_slopes.empty();
   const rank_window_keys keys{opt, perm, n, sh.group(), pol.window, pol.kind, original_terms};
-  const problem_shape rsh = validate_call(PQ, PK, PV, PO, ranked);
   const index_t band = pol.kind == window_kind::one_sided ? pol.window + 1 : 2 * (pol.window / 2) + 1;
   if constexpr (Obs::enabled) {
-    unpermuting_observer<Obs> wrapped{obs, keys};
-    run_quadratic<Arch>(softmax{}, rsh, tensor_view<const float>(PQ), tensor_view<const float>(PK),
-                        tensor_view<const float>(PV), PO, ranked, wrapped, keys, band);
+    unpermuting_observer<Obs> wrapped{obs};
+    run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, wrapped, keys, band);
   } else {
-    run_quadratic<Arch>(softmax{}, rsh, tensor_view<const float>(PQ), tensor_view<const float>(PK),
-                        tensor_view<const float>(PV), PO, ranked, obs, keys, band);
+    run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, obs, keys, band);
   }
-  // Scatter rows (and LSE) back to original order.
-  parallel_for(B * H, threads, [&](index_t bh) {
-    const index_t b = bh / H, h = bh % H;
-    const auto& p = pi(h / sh.group());
-    for (index_t r = 0; r < n; ++r) {
-      const index_t i = p[static_cast<std::size_t>(r)];
-      std::copy_n(PO.row(b, h, r), Dv, out.row(b, h, i));
-      if (opt.lse) opt.lse[(b * H + h) * n + i] = lse_ranked[static_cast<std::size_t>((b * H + h) * n + r)];
-    }
-  });
 }
 
 /// The permutations a policy uses for n tokens: one per kv head, or one shared.

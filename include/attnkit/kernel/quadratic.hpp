@@ -43,6 +43,30 @@ inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
 #endif
 }
 
+/// As prefetch_row, for lines about to be written.
+inline void prefetch_row_for_write(void* p, std::size_t bytes) noexcept {
+#if defined(__GNUC__)
+  char* c = static_cast<char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1, 3);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
+/// The row order of a plain call: packed key j is key j, task row i is query i.
+struct identity_rows {
+  static constexpr bool identity = true;
+  constexpr index_t operator()(index_t, index_t j) const noexcept { return j; }
+};
+
+/// The key order of a pattern that reorders rows (Keys::kv_token, see no_pattern).
+template <class Keys>
+struct reordered_rows {
+  static constexpr bool identity = false;
+  const Keys& keys;
+  index_t operator()(index_t g, index_t j) const { return keys.kv_token(g, j); }
+};
+
 /// Kᵀ panels and padded V rows of every (batch, kv-head): packed once per call.
 template <class Arch>
 struct packed_kv {
@@ -62,8 +86,10 @@ struct packed_kv {
 
   /// Packs into storage owned by the calling thread and reused across calls, so a
   /// steady stream of calls neither allocates nor page-faults. Only padding is zeroed.
-  template <class KV>
-  void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads) {
+  /// Packed key j of kv head g is row `source(g, j)` of k and v (a reordering, e.g.
+  /// the rank order of stochastic permutation attention; identity by default).
+  template <class KV, class Source = identity_rows>
+  void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads, const Source& source = {}) {
     thread_local aligned_vector<float> storage;
     thread_local std::vector<unsigned char> flags;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
@@ -83,11 +109,20 @@ struct packed_kv {
       float* vh = vr + bg * v_head_size();
       bool nonfinite = false;
       for (index_t j = 0; j < Lk; ++j) {
-        const KV* kr = k.row(b, g, j);
+        const index_t src = source(g, j);
+        if constexpr (!Source::identity) {
+          // Reordered rows defeat the hardware prefetcher: ask for a later pair.
+          if (j + 8 < Lk) {
+            const index_t ahead = source(g, j + 8);
+            prefetch_row(k.row(b, g, ahead), static_cast<std::size_t>(dim) * sizeof(KV));
+            prefetch_row(v.row(b, g, ahead), static_cast<std::size_t>(Dv) * sizeof(KV));
+          }
+        }
+        const KV* kr = k.row(b, g, src);
         float* panel = kh + (j / BN) * dim * BN + (j % BN);
         for (index_t d = 0; d < dim; ++d) panel[d * BN] = to_float(kr[d]);
         float* vrow = vh + j * vdim_padded;
-        widen(v.row(b, g, j), vrow, Dv);
+        widen(v.row(b, g, src), vrow, Dv);
         nonfinite = nonfinite || simd::any_nonfinite<Arch>(vrow, Dv);
         std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
       }
@@ -125,6 +160,10 @@ enum class tile_class : unsigned char { empty, partial, full };
 /// intersected with the options' own masks, and optionally
 ///   prepare(call, scratch, b, h, bk, row0, n) — per query block, before the main pass
 ///                                               (may narrow scratch.lo/hi)
+///   index_t token(h, i), kv_token(g, j)        — a reordering: skeleton row i of query
+///                                               head h reads and writes token row
+///                                               token(h, i); packed key j of kv head
+///                                               g is key kv_token(g, j)
 /// `no_pattern` is the plain call.
 struct no_pattern {
   static constexpr bool active = false;
@@ -216,7 +255,7 @@ inline void report_extras(row_state& st, const row_extras& ex) {
   st.top_k_count = n;
 }
 
-template <class Pol, class Obs>
+template <class Arch, class Pol, class Obs>
 void finalize_row(const problem_shape& sh, const options& opt, const tensor_view<float>& out, Obs& obs, index_t b,
                   index_t h, index_t i, float m, float l, float t, index_t count, const float* o,
                   const row_extras& ex = {}) {
@@ -235,7 +274,7 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
       for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
     } else {
       const float rescale = has_sink ? std::exp2(m - m_all) / l_all : 1.0f / l_all;
-      for (index_t d = 0; d < Dv; ++d) dst[d] = o[d] * rescale;
+      simd::scale_copy<Arch>(o, rescale, dst, Dv);
     }
     if (opt.lse) {
       const float lse = m_all == neg_inf ? neg_inf : (m_all + std::log2(l_all)) * ln2;
@@ -255,7 +294,7 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
       obs.on_row(st);
     }
   } else {
-    for (index_t d = 0; d < Dv; ++d) dst[d] = o[d];
+    std::memcpy(dst, o, static_cast<std::size_t>(Dv) * sizeof(float));
     if constexpr (Obs::enabled) {
       // Unnormalised weights: l = row mass, t = Σ w log w (natural log), max unused.
       row_state st;
@@ -566,9 +605,18 @@ inline int choose_block_rows(index_t band) {
   return static_cast<int>(rows / MR * MR);
 }
 
-/// One task: query rows [row0, row0 + n) of head (b, h).
+/// Query rows [row0, row0 + n) of head (b, h): one task (n = 0: none).
+struct block_ref {
+  index_t b = 0, h = 0, row0 = 0;
+  int n = 0;
+};
+
+/// One task: query rows [row0, row0 + n) of head (b, h). With a pattern that
+/// reorders rows, `next` (the task this thread will likely run next) has its
+/// query rows prefetched during this one's key loop.
 template <class Arch, class Pol, class Obs, class Keys>
-void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, index_t h, index_t row0, int n) {
+void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, index_t h, index_t row0, int n,
+               const block_ref& next = {}) {
   using tile = simd::tile_shape<Arch>;
   constexpr int MR = tile::rows, BN = tile::keys;
   constexpr bool normalized = Pol::normalized;
@@ -598,10 +646,16 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
 
   // Scaled Q rows, zeroed accumulators, per-row key intervals.
   index_t lo_min = bk.lk, hi_max = 0;
+  // The token a skeleton row stands for (itself, unless the pattern reorders rows).
+  const auto token = [&](index_t i) {
+    if constexpr (requires { c.keys.token(h, i); })
+      return c.keys.token(h, i);
+    else
+      return i;
+  };
+  constexpr bool reordered = requires { c.keys.token(h, index_t{}); };
   for (int r = 0; r < n; ++r) {
-    const float* qr = c.q.row(b, h, row0 + r);
-    float* dst = sc.q.data() + r * D;
-    for (index_t d = 0; d < D; ++d) dst[d] = qr[d] * c.q_scale;
+    simd::scale_copy<Arch>(c.q.row(b, h, token(row0 + r)), c.q_scale, sc.q.data() + r * D, D);
     key_range kr = analytic_range(opt, bk, row0 + r);
     if constexpr (Keys::active) {
       const key_range pr = c.keys.hull(b, h, row0 + r);
@@ -638,8 +692,24 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   const float* khead = c.kv.k_head(bg);
   const float* vhead = c.kv.v_head(bg);
   const bool vbad = c.kv.v_nonfinite[bg] != 0;
+  // Reordered rows are scattered over memory, and a burst of row misses at the
+  // block's start (Q) and end (O) would stall: spread their prefetches over the
+  // key tiles instead (this block's output rows, the next block's query rows).
+  [[maybe_unused]] int pf_out = 0, pf_next = 0, pf_step = 0;
+  if constexpr (reordered) {
+    const index_t tiles = std::max<index_t>(1, (hi_max - lo_min + BN - 1) / BN);
+    pf_step = static_cast<int>((std::max(n, next.n) + tiles - 1) / tiles);
+  }
   for (index_t kb = lo_min / BN; kb * BN < hi_max; ++kb) {
     const index_t j0 = kb * BN;
+    if constexpr (reordered) {
+      const auto vbytes = static_cast<std::size_t>(sh.value_dim) * sizeof(float);
+      for (int e = pf_out + pf_step; pf_out < std::min(n, e); ++pf_out)
+        prefetch_row_for_write(c.out.row(b, h, token(row0 + pf_out)), vbytes);
+      for (int e = pf_next + pf_step; pf_next < std::min(next.n, e); ++pf_next)
+        prefetch_row(c.q.row(next.b, next.h, c.keys.token(next.h, next.row0 + pf_next)),
+                     static_cast<std::size_t>(D) * sizeof(float));
+    }
     const float* kpanel = khead + kb * D * BN;
     const float* vtile = vhead + j0 * Dvp;
     for (int r0 = 0, R = 0; r0 < n; r0 += R) {
@@ -682,9 +752,10 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     }
   }
 
-  for (int r = 0; r < n; ++r)
-    finalize_row<Pol>(c.shape, c.opt, c.out, obs, b, h, row0 + r, sc.m[r], sc.l[r], sc.t[r], sc.count[r],
+  for (int r = 0; r < n; ++r) {
+    finalize_row<Arch, Pol>(c.shape, c.opt, c.out, obs, b, h, token(row0 + r), sc.m[r], sc.l[r], sc.t[r], sc.count[r],
                       sc.o.data() + r * Dvp, row_extras{sc.first[r], K ? sc.topk.data() + r * K : nullptr, K});
+  }
 }
 
 /// Entry of the quadratic skeleton (called by attention() after validation).
@@ -695,7 +766,11 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   if (sh.batch == 0 || sh.q_heads == 0 || sh.q_len == 0) return;
   const int threads = resolve_num_threads(opt.num_threads);
   packed_kv<Arch> kv;
-  kv.pack(k, v, threads);
+  if constexpr (requires { keys.kv_token(index_t{}, index_t{}); }) {
+    kv.pack(k, v, threads, reordered_rows<Keys>{keys});
+  } else {
+    kv.pack(k, v, threads);
+  }
 
   quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, kv};
   const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
@@ -714,12 +789,17 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;
   const index_t heads = sh.batch * sh.q_heads;
   // Later query blocks see more keys under causal masks: hand them out first.
-  parallel_for(heads * q_blocks, threads, [&](index_t task) {
+  const auto block_of = [&](index_t task) {
     const index_t qb = q_blocks - 1 - task / heads;
     const index_t bh = task % heads;
     const index_t row0 = qb * BM;
-    const int n = static_cast<int>(std::min<index_t>(BM, sh.q_len - row0));
-    run_block<Arch>(c, obs, bh / sh.q_heads, bh % sh.q_heads, row0, n);
+    return block_ref{bh / sh.q_heads, bh % sh.q_heads, row0, static_cast<int>(std::min<index_t>(BM, sh.q_len - row0))};
+  };
+  parallel_for(heads * q_blocks, threads, [&](index_t task) {
+    const block_ref blk = block_of(task);
+    // Tasks are handed out in order, so this thread's next is about `threads` on.
+    const index_t next = task + threads;
+    run_block<Arch>(c, obs, blk.b, blk.h, blk.row0, blk.n, next < heads * q_blocks ? block_of(next) : block_ref{});
   });
 }
 

@@ -177,6 +177,18 @@ inline bool any_nonfinite(const float* x, long n) noexcept {
   return O::has_nan(acc) || tail != tail;
 }
 
+/// y[0..n) = s · x[0..n). Explicit vectors (GCC 12 -O2 leaves loops with a tail
+/// scalar); short per row, so out-of-order execution overlaps many rows' misses.
+template <class Arch>
+inline void scale_copy(const float* x, float s, float* y, long n) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  const typename O::vf sv = O::set1(s);
+  long d = 0;
+  for (; d + W <= n; d += W) O::store(y + d, O::load(x + d) * sv);
+  for (; d < n; ++d) y[d] = x[d] * s;
+}
+
 /// o[0..n) += p · v[0..n)
 template <class Arch>
 inline void axpy(float p, const float* v, float* o, long n) noexcept {
