@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <numbers>
+#include <vector>
 
 #include "../core/aligned.hpp"
 #include "../core/dtype.hpp"
@@ -136,11 +137,19 @@ struct packed_kv {
   }
 };
 
+/// A strip of a query block: rows [r0, r0 + rows), the lowest and highest start
+/// and end of their key intervals.
+struct strip_keys {
+  int r0, rows;
+  index_t lo_lo, lo_hi, hi_lo, hi_hi;
+};
+
 /// Per-thread scratch of one query block; reused across calls, grown on demand.
 struct block_scratch {
   aligned_vector<float> q, o, p, tile;
   aligned_vector<float> m, l, t, row_scale, first, topk;
   aligned_vector<index_t> lo, hi, count;
+  std::vector<strip_keys> strips;
 };
 inline block_scratch& thread_scratch() {
   thread_local block_scratch s;
@@ -692,6 +701,26 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   const float* khead = c.kv.k_head(bg);
   const float* vhead = c.kv.v_head(bg);
   const bool vbad = c.kv.v_nonfinite[bg] != 0;
+  // The strips and the union / intersection of their rows' key intervals.
+  auto& strips = sc.strips;
+  strips.clear();
+  for (int r0 = 0, R = 0; r0 < n; r0 += R) {
+    R = std::min(MR, n - r0);
+    if constexpr (requires { c.keys.row_block(); }) {
+      // A strip never straddles the pattern's query blocks: a straddling strip sees
+      // the union of two blocks' key sets, so its tiles turn partial (element test).
+      const index_t rb = c.keys.row_block(), i = row0 + r0;
+      if (rb > 0) R = static_cast<int>(std::min<index_t>(R, (i / rb + 1) * rb - i));
+    }
+    strip_keys sk{r0, R, bk.lk, 0, bk.lk, 0};
+    for (int r = r0; r < r0 + R; ++r) {
+      sk.lo_lo = std::min(sk.lo_lo, sc.lo[r]);
+      sk.lo_hi = std::max(sk.lo_hi, sc.lo[r]);
+      sk.hi_lo = std::min(sk.hi_lo, sc.hi[r]);
+      sk.hi_hi = std::max(sk.hi_hi, sc.hi[r]);
+    }
+    if (sk.hi_hi > sk.lo_lo) strips.push_back(sk);  // else: empty for every row
+  }
   // Reordered rows are scattered over memory, and a burst of row misses at the
   // block's start (Q) and end (O) would stall: spread their prefetches over the
   // key tiles instead (this block's output rows, the next block's query rows).
@@ -712,23 +741,10 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     }
     const float* kpanel = khead + kb * D * BN;
     const float* vtile = vhead + j0 * Dvp;
-    for (int r0 = 0, R = 0; r0 < n; r0 += R) {
-      R = std::min(MR, n - r0);
-      if constexpr (requires { c.keys.row_block(); }) {
-        // A strip never straddles the pattern's query blocks: a straddling strip sees
-        // the union of two blocks' key sets, so its tiles turn partial (element test).
-        const index_t rb = c.keys.row_block(), i = row0 + r0;
-        if (rb > 0) R = static_cast<int>(std::min<index_t>(R, (i / rb + 1) * rb - i));
-      }
-      index_t lo_lo = bk.lk, lo_hi = 0, hi_lo = bk.lk, hi_hi = 0;
-      for (int r = r0; r < r0 + R; ++r) {
-        lo_lo = std::min(lo_lo, sc.lo[r]);
-        lo_hi = std::max(lo_hi, sc.lo[r]);
-        hi_lo = std::min(hi_lo, sc.hi[r]);
-        hi_hi = std::max(hi_hi, sc.hi[r]);
-      }
-      if (hi_hi <= j0 || lo_lo >= j0 + BN || hi_hi <= lo_lo) continue;  // empty for every row
-      bool full = lo_hi <= j0 && hi_lo >= j0 + BN && !c.elementwise;
+    for (const strip_keys& sk : strips) {
+      const int r0 = sk.r0, R = sk.rows;
+      if (sk.hi_hi <= j0 || sk.lo_lo >= j0 + BN) continue;  // empty for every row
+      bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
       bool pp = false;
       if constexpr (Keys::active) {
         const tile_class tc = c.keys.classify(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
@@ -739,8 +755,8 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
       // Vectors of the tile outside [lo_lo, hi_hi) are masked for every row: their
       // weights are exact zeros, so skipping them leaves the result bitwise the same.
       constexpr int W = tile::width;
-      const int c0 = static_cast<int>(std::max<index_t>(lo_lo - j0, 0) / W);
-      const int c1 = static_cast<int>((std::min<index_t>(hi_hi - j0, BN) + W - 1) / W);
+      const int c0 = static_cast<int>(std::max<index_t>(sk.lo_lo - j0, 0) / W);
+      const int c1 = static_cast<int>((std::min<index_t>(sk.hi_hi - j0, BN) + W - 1) / W);
       switch (R) {
         case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
         case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
