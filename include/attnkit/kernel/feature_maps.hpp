@@ -228,20 +228,37 @@ void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_v
   const bool wide = !(std::abs(c.beta) < 1e30);
   const float beta = wide ? 0.0f : static_cast<float>(c.beta);
   float* shift = f.shift.data();
+  // Explicit vectors: GCC 12 -O2 leaves this reduction scalar, and it reads all of K.
+  // NaN products are skipped (x86 max keeps its second operand), as std::max does.
   parallel_for(sh.batch * sh.kv_heads, threads, [&](index_t bg) {
-    const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads;
+    using O = simd::ops<Arch>;
+    constexpr int W = O::width;
+    const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads, D = sh.head_dim;
     const index_t lk = keys_of_batch(opt, b, sh.q_len, sh.k_len).lk;
     constexpr float ninf = -std::numeric_limits<float>::infinity();
-    float m[8] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+    thread_local aligned_vector<float> wide_row;  // 16-bit rows, widened
+    if constexpr (!std::is_same_v<KV, float>)
+      if (wide_row.size() < static_cast<std::size_t>(D)) wide_row.resize(static_cast<std::size_t>(D));
+    auto mv = O::set1(ninf);
+    const auto bv = O::set1(beta);
+    float ms = ninf;
     for (index_t j = 0; j < lk; ++j) {
-      const KV* r = k.row(b, g, j);
-      for (index_t d = 0; d < sh.head_dim; ++d) {
-        const float x = wide ? static_cast<float>(c.beta * static_cast<double>(to_float(r[d]))) : beta * to_float(r[d]);
-        m[d & 7] = std::max(m[d & 7], x);
+      const float* x;
+      if constexpr (std::is_same_v<KV, float>) {
+        x = k.row(b, g, j);
+      } else {
+        widen(k.row(b, g, j), wide_row.data(), D);
+        x = wide_row.data();
+      }
+      index_t d = 0;
+      if (!wide)
+        for (; d + W <= D; d += W) mv = O::max(O::load(x + d) * bv, mv);
+      for (; d < D; ++d) {
+        const float y = wide ? static_cast<float>(c.beta * static_cast<double>(x[d])) : beta * x[d];
+        ms = std::max(ms, y);
       }
     }
-    const float mx = std::max(std::max(std::max(m[0], m[1]), std::max(m[2], m[3])),
-                              std::max(std::max(m[4], m[5]), std::max(m[6], m[7])));
+    const float mx = std::max(O::reduce_max(mv), ms);
     shift[bg] = mx == ninf ? 0.0f : mx;
   });
   f.q = lln_feature<Arch>{c.alpha, sh.head_dim, nullptr, sh.kv_heads};
