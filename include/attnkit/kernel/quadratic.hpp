@@ -148,6 +148,7 @@ struct strip_keys {
 struct block_scratch {
   aligned_vector<float> q, o, p, tile;
   aligned_vector<float> m, l, t, row_scale, first, topk;
+  aligned_vector<float> lvec;  ///< per row, one vector of partial softmax denominators
   aligned_vector<index_t> lo, hi, count;
   std::vector<strip_keys> strips;
 };
@@ -496,6 +497,7 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
         const vf nan = O::set1(std::numeric_limits<float>::quiet_NaN());
         for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, nan);
         sc.m[row] = sc.l[row] = sc.t[row] = std::numeric_limits<float>::quiet_NaN();
+        O::store(sc.lvec.data() + row * W, nan);
         scale[r] = std::numeric_limits<float>::quiet_NaN();
         continue;
       }
@@ -516,12 +518,15 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
         if constexpr (entropy) tv = O::fma(p, O::max(x, O::set1(-200.0f)), tv);
         O::store(P + r * BN + k * W, p);
       }
-      const float l_old = sc.l[row];
-      sc.l[row] = l_old * alpha + O::reduce_add(sum);
+      // The denominator stays a vector until the row is finished (no lane sum per
+      // tile); the entropy observer reads the same sums, so outputs do not change.
+      float* lv = sc.lvec.data() + row * W;
       if constexpr (entropy) {
+        const float l_old = O::reduce_add(O::load(lv));
         const float t_old = l_old > 0.0f ? alpha * (sc.t[row] + l_old * (m_old - m_new)) : 0.0f;
         sc.t[row] = t_old + O::reduce_add(tv);
       }
+      O::store(lv, O::fma(O::load(lv), O::set1(alpha), sum));
       sc.m[row] = m_new;
       scale[r] = alpha;
     } else {
@@ -645,6 +650,11 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   grow(sc.p, MR * BN);
   grow(sc.tile, MR * BN);
   for (auto* v : {&sc.m, &sc.l, &sc.t, &sc.row_scale, &sc.first}) grow(*v, static_cast<std::size_t>(n));
+  constexpr int W = tile::width;
+  if constexpr (normalized) {
+    grow(sc.lvec, static_cast<std::size_t>(n * W));
+    std::fill_n(sc.lvec.data(), n * W, 0.0f);
+  }
   const int K = c.obs_topk;
   if constexpr (Obs::enabled) {
     grow(sc.topk, static_cast<std::size_t>(n * K));
@@ -754,7 +764,6 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
       }
       // Vectors of the tile outside [lo_lo, hi_hi) are masked for every row: their
       // weights are exact zeros, so skipping them leaves the result bitwise the same.
-      constexpr int W = tile::width;
       const int c0 = static_cast<int>(std::max<index_t>(sk.lo_lo - j0, 0) / W);
       const int c1 = static_cast<int>((std::min<index_t>(sk.hi_hi - j0, BN) + W - 1) / W);
       switch (R) {
@@ -769,7 +778,9 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   }
 
   for (int r = 0; r < n; ++r) {
-    finalize_row<Arch, Pol>(c.shape, c.opt, c.out, obs, b, h, token(row0 + r), sc.m[r], sc.l[r], sc.t[r], sc.count[r],
+    float l = sc.l[r];
+    if constexpr (normalized) l = simd::ops<Arch>::reduce_add(simd::ops<Arch>::load(sc.lvec.data() + r * W));
+    finalize_row<Arch, Pol>(c.shape, c.opt, c.out, obs, b, h, token(row0 + r), sc.m[r], l, sc.t[r], sc.count[r],
                       sc.o.data() + r * Dvp, row_extras{sc.first[r], K ? sc.topk.data() + r * K : nullptr, K});
   }
 }
