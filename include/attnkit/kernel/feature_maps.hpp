@@ -115,7 +115,7 @@ struct lln_feature {
 /// sums of x − s and (x − s)² with s the mean of the first row, then
 /// var = (Σ(x−s)² − (Σ(x−s))²/n) / (n − 1). In double the cancellation costs about
 /// ε·(μ − s)²/σ² relative: negligible unless the first row sits ~10⁶ σ from the
-/// mean. Rows are split by (batch, head) over the thread pool with eight
+/// mean. Rows are split by (batch, head) over the thread pool with sixteen
 /// independent accumulators each (one running sum is latency-bound); partial sums
 /// are combined in a fixed order, so the result does not depend on the thread count.
 template <class T>
@@ -129,12 +129,13 @@ double sample_std_of(const tensor_view<const T>& t, int threads) {
   if (!std::isfinite(pilot)) pilot = 0;  // NaN/Inf data: the sums below carry it
   std::vector<double> part1(static_cast<std::size_t>(B * H)), part2(part1.size());
   parallel_for(B * H, threads, [&](index_t bh) {
-    double s1[8] = {}, s2[8] = {};
+    constexpr int U = 16;  // independent accumulators: enough to hide the add latency
+    double s1[U] = {}, s2[U] = {};
     for (index_t s = 0; s < L; ++s) {
       const T* r = t.row(bh / H, bh % H, s);
       index_t d = 0;
-      for (; d + 8 <= D; d += 8)
-        for (int u = 0; u < 8; ++u) {
+      for (; d + U <= D; d += U)
+        for (int u = 0; u < U; ++u) {
           const double x = static_cast<double>(to_float(r[d + u])) - pilot;
           s1[u] += x;
           s2[u] += x * x;
@@ -145,9 +146,13 @@ double sample_std_of(const tensor_view<const T>& t, int threads) {
         s2[0] += x * x;
       }
     }
-    auto sum8 = [](const double* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); };
-    part1[static_cast<std::size_t>(bh)] = sum8(s1);
-    part2[static_cast<std::size_t>(bh)] = sum8(s2);
+    auto sum = [](const double* a) {
+      double x = 0;
+      for (int u = 0; u < U; ++u) x += a[u];
+      return x;
+    };
+    part1[static_cast<std::size_t>(bh)] = sum(s1);
+    part2[static_cast<std::size_t>(bh)] = sum(s2);
   });
   double S1 = 0, S2 = 0;
   for (std::size_t x = 0; x < part1.size(); ++x) S1 += part1[x], S2 += part2[x];
