@@ -73,6 +73,19 @@ TEST_CASE("stochastic permutation: rank-order packing is exact for any thread co
     CHECK(std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0);
     CHECK(std::memcmp(lse.data(), lse_ref.data(), lse.size() * sizeof(float)) == 0);
   }
+  // The calling thread caches the last drawn permutations: a different seed or
+  // layer must redraw them, and coming back must give the first result again.
+  {
+    options plain;
+    std::vector<float> first(p.out_size()), other(p.out_size()), again(p.out_size());
+    attention(pol, p.qv(), p.kv(), p.vv(), p.ov(first), plain);
+    attention(stochastic_permutation{.window = 48, .seed = 10}, p.qv(), p.kv(), p.vv(), p.ov(other), plain);
+    CHECK(std::memcmp(first.data(), other.data(), first.size() * sizeof(float)) != 0);
+    attention(stochastic_permutation{.window = 48, .seed = 9, .layer = 1}, p.qv(), p.kv(), p.vv(), p.ov(other), plain);
+    CHECK(std::memcmp(first.data(), other.data(), first.size() * sizeof(float)) != 0);
+    attention(pol, p.qv(), p.kv(), p.vv(), p.ov(again), plain);
+    CHECK(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)) == 0);
+  }
   // bf16 K/V storage equals float K/V holding the same values.
   std::vector<bfloat16> kh(p.k.size()), vh(p.v.size());
   for (std::size_t i = 0; i < p.k.size(); ++i) p.k[i] = (kh[i] = bfloat16::from_float(p.k[i])).to_float();

@@ -54,7 +54,7 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
   } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
     static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
     if constexpr (Observer::enabled) obs.begin(shape, opt);
-    run_rank_window<Arch>(pol, policy_permutations(pol, shape.k_len, shape.kv_heads), shape, q, k, v, out, opt, obs);
+    run_rank_window<Arch>(pol, *policy_permutations(pol, shape.k_len, shape.kv_heads), shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::kernelized>) {
     static_assert(!Observer::enabled,
