@@ -2,6 +2,7 @@
 // exact partial merges, 16-bit K/V storage, packed variable-length batches.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <cstdlib>
@@ -147,7 +148,20 @@ TEMPLATE_TEST_CASE("16-bit K/V storage equals float K/V holding the same values"
     attention(softmax{}, p.qv(), bhsd(static_cast<const TestType*>(kh.data()), 1, 2, 700, 40),
               bhsd(static_cast<const TestType*>(vh.data()), 1, 2, 700, 24), p.ov(a));
     attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(b));
-    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    // Bitwise equal, except the decode path's bf16 logits on AVX512-BF16, which
+    // split q into two bf16 halves (simd/bf16_kernels.hpp): there the stated
+    // tolerance is 1e-5 × max|out| (the split leaves 2^-18 of q per term).
+    if (std::is_same_v<TestType, bfloat16> && Lq == 1 && simd::has_native_bf16_dot<simd::default_arch>) {
+      float worst = 0.0f, scale = 0.0f;
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        worst = std::max(worst, std::fabs(a[i] - b[i]));
+        scale = std::max(scale, std::fabs(b[i]));
+      }
+      CHECK(worst <= 1e-5f * scale);
+      CHECK(worst > 0.0f);  // the native path really ran
+    } else {
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    }
   }
 }
 

@@ -2,9 +2,11 @@
 // reductions, masking, and the two register micro-kernels against plain loops.
 #include <catch2/catch.hpp>
 
+#include <attnkit/simd/bf16_kernels.hpp>
 #include <attnkit/simd/microkernel.hpp>
 #include <attnkit/simd/transpose.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -130,4 +132,82 @@ TEMPLATE_LIST_TEST_CASE("transpose_16 and any_nonfinite equal plain loops", "[si
   x[3] = std::numeric_limits<float>::max();  // large but finite
   x[4] = std::numeric_limits<float>::denorm_min();
   CHECK_FALSE(simd::any_nonfinite<TestType>(x.data(), 37));
+}
+
+TEMPLATE_LIST_TEST_CASE("dot16_bf16 and pv_rows_bf16 equal float64 loops", "[simd][dtype]", simd::compiled_archs) {
+  INFO("arch " << simd::arch_name<TestType>() << ", AVX512-BF16 " << simd::has_native_bf16_dot<TestType>);
+  // Logits: q split into two bf16 halves leaves |r| <= 2^-18·|q| per element, then
+  // fp32 accumulation: tolerance 1e-5 × Σ|q_i·k_i| (observed about 3e-6).
+  for (long d : {1L, 7L, 31L, 32L, 33L, 40L, 64L, 100L, 128L, 257L})
+    for (int n : {1, 5, 16}) {
+      const long ldk = d + 3;
+      const auto q = attnkit_test::randn(static_cast<std::size_t>(d), 11);
+      const auto kf = attnkit_test::randn(static_cast<std::size_t>(16 * ldk), 12);
+      std::vector<bfloat16> k(kf.size());
+      for (std::size_t i = 0; i < k.size(); ++i) k[i] = bfloat16::from_float(kf[i]);
+      std::vector<std::uint16_t> hi(static_cast<std::size_t>(simd::bf16_padded(d))), lo(hi.size());
+      simd::split_bf16(q.data(), d, hi.data(), lo.data());
+      float out[16];
+      std::fill_n(out, 16, -7.0f);
+      simd::dot16_bf16<TestType>(q.data(), hi.data(), lo.data(), d, k.data(), ldk, n, out);
+      for (int j = 0; j < 16; ++j) {
+        if (j >= n) {
+          CHECK(out[j] == -7.0f);  // nothing written past n
+          continue;
+        }
+        double ref = 0, mag = 0;
+        for (long i = 0; i < d; ++i) {
+          const double t = static_cast<double>(q[static_cast<std::size_t>(i)]) * k[static_cast<std::size_t>(j * ldk + i)].to_float();
+          ref += t;
+          mag += std::fabs(t);
+        }
+        INFO("d " << d << " n " << n << " key " << j);
+        CHECK(std::fabs(out[j] - ref) <= 1e-5 * mag);
+      }
+    }
+  // Non-finite keys give what the plain fp32 dot gives: ±inf stays ±inf (not the
+  // NaN of 0·inf in the low half), NaN stays NaN; other keys are unaffected.
+  {
+    const long d = 64;
+    std::vector<float> q(static_cast<std::size_t>(d), 0.5f);
+    q[3] = 0.3f;
+    std::vector<bfloat16> k(static_cast<std::size_t>(16 * d), bfloat16::from_float(1.0f));
+    k[2 * d + 5] = bfloat16::from_float(std::numeric_limits<float>::infinity());
+    k[4 * d + 1] = bfloat16::from_float(-std::numeric_limits<float>::infinity());
+    k[6 * d + 9] = bfloat16::from_float(std::numeric_limits<float>::quiet_NaN());
+    // 32 spare elements: with d a constant, GCC 12's -Warray-bounds follows the
+    // masked-tail branch that never runs for d = 64.
+    std::vector<std::uint16_t> hi(static_cast<std::size_t>(simd::bf16_padded(d) + 32)), lo(hi.size());
+    simd::split_bf16(q.data(), d, hi.data(), lo.data());
+    float out[16];
+    simd::dot16_bf16<TestType>(q.data(), hi.data(), lo.data(), d, k.data(), d, 16, out);
+    CHECK(out[2] == std::numeric_limits<float>::infinity());
+    CHECK(out[4] == -std::numeric_limits<float>::infinity());
+    CHECK(std::isnan(out[6]));
+    CHECK(out[0] == Approx(31.8).epsilon(1e-6));
+    CHECK(out[15] == Approx(31.8).epsilon(1e-6));
+  }
+  // P·V with bf16 V widened in registers (AVX-512 builds only; elsewhere the decode
+  // path widens V into fp32 and uses pv_tile, tested above).
+  if constexpr (simd::has_bf16_pv<TestType>) {
+    for (long dv : {16L, 40L, 64L, 130L})
+      for (int R = 1; R <= 6; ++R) {
+        const long keys = 37, ldv = dv + 5, ldp = keys + 2, ldo = dv + 1;
+        const auto p = attnkit_test::randn(static_cast<std::size_t>(R * ldp), 21);
+        const auto vf = attnkit_test::randn(static_cast<std::size_t>(keys * ldv), 22);
+        std::vector<bfloat16> v(vf.size());
+        for (std::size_t i = 0; i < v.size(); ++i) v[i] = bfloat16::from_float(vf[i]);
+        auto o = attnkit_test::randn(static_cast<std::size_t>(R * ldo), 23);
+        const auto o0 = o;
+        simd::pv_rows_bf16<TestType>(R, p.data(), ldp, v.data(), ldv, keys, o.data(), ldo, dv);
+        for (int r = 0; r < R; ++r)
+          for (long c = 0; c < dv; ++c) {
+            double ref = o0[static_cast<std::size_t>(r * ldo + c)];
+            for (long j = 0; j < keys; ++j)
+              ref += static_cast<double>(p[static_cast<std::size_t>(r * ldp + j)]) * v[static_cast<std::size_t>(j * ldv + c)].to_float();
+            INFO("dv " << dv << " R " << R << " row " << r << " col " << c);
+            CHECK(o[static_cast<std::size_t>(r * ldo + c)] == Approx(ref).margin(1e-5));
+          }
+      }
+  }
 }

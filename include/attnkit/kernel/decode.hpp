@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../simd/bf16_kernels.hpp"
 #include "quadratic.hpp"
 
 namespace attnkit::detail {
@@ -70,34 +71,58 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     }
     const index_t len = j1 - j0;
     float* S = sc.tile.data();
-    // Logits: each K row is read once for every row of the group (16-bit storage
-    // is widened into a per-thread row first).
-    thread_local aligned_vector<float> kwide;
-    if constexpr (!std::is_same_v<KV, float>)
-      if (kwide.size() < static_cast<std::size_t>(D)) kwide.resize(static_cast<std::size_t>(D));
     // One row of the cache is memory-bound work: prefetch K a few rows ahead and
     // this chunk's V rows (the P·V pass then finds them in L2), so both streams are
     // in flight while the dot products run.
     const std::size_t k_row_bytes = static_cast<std::size_t>(D) * sizeof(KV),
                       v_row_bytes = static_cast<std::size_t>(Dv) * sizeof(KV);
     const index_t prefetch_ahead = std::max<index_t>(8, static_cast<index_t>(4096 / k_row_bytes));  // ≥ 4 KiB
-    for (index_t j = j0; j < j1; ++j) {
-      const bool any = j >= lo_min && j < hi_max;
-      if (any) {
-        if (j + prefetch_ahead < hi_max) prefetch_row(k.row(b, g, j + prefetch_ahead), k_row_bytes);
-        prefetch_row(v.row(b, g, j), v_row_bytes);
-      }
-      const float* kr = nullptr;
-      if (any) {
-        if constexpr (std::is_same_v<KV, float>) {
-          kr = k.row(b, g, j);
-        } else {
-          widen(k.row(b, g, j), kwide.data(), D);
-          kr = kwide.data();
+    if constexpr (std::is_same_v<KV, bfloat16> && simd::has_native_bf16_dot<Arch>) {
+      // bf16 cache on AVX512-BF16: sixteen keys per step, never widened (simd/bf16_kernels.hpp).
+      const index_t dp = simd::bf16_padded(D);
+      thread_local aligned_vector<std::uint16_t> qsplit;
+      if (qsplit.size() < static_cast<std::size_t>(2 * rows * dp)) qsplit.resize(static_cast<std::size_t>(2 * rows * dp));
+      for (index_t r = 0; r < rows; ++r)
+        simd::split_bf16(sc.q.data() + r * D, D, qsplit.data() + 2 * r * dp, qsplit.data() + (2 * r + 1) * dp);
+      std::fill_n(S, rows * len, neg_inf);
+      const index_t kstride = k.stride[seq_axis];
+      for (index_t j = lo_min; j < hi_max; j += 16) {
+        const int n = static_cast<int>(std::min<index_t>(16, hi_max - j));
+        for (index_t x = j + prefetch_ahead; x < std::min(j + prefetch_ahead + 16, hi_max); ++x)
+          prefetch_row(k.row(b, g, x), k_row_bytes);
+        for (index_t x = j; x < j + n; ++x) prefetch_row(v.row(b, g, x), v_row_bytes);
+        for (index_t r = 0; r < rows; ++r) {
+          const index_t a = std::max(j, sc.lo[r]), e = std::min<index_t>(j + n, sc.hi[r]);
+          if (a >= e) continue;
+          float* Sr = S + r * len + (a - j0);
+          simd::dot16_bf16<Arch>(sc.q.data() + r * D, qsplit.data() + 2 * r * dp, qsplit.data() + (2 * r + 1) * dp, D,
+                                 k.row(b, g, a), kstride, static_cast<int>(e - a), Sr);
         }
       }
-      for (index_t r = 0; r < rows; ++r)
-        S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? simd::dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
+    } else {
+      // Logits: each K row is read once for every row of the group (16-bit storage
+      // is widened into a per-thread row first).
+      thread_local aligned_vector<float> kwide;
+      if constexpr (!std::is_same_v<KV, float>)
+        if (kwide.size() < static_cast<std::size_t>(D)) kwide.resize(static_cast<std::size_t>(D));
+      for (index_t j = j0; j < j1; ++j) {
+        const bool any = j >= lo_min && j < hi_max;
+        if (any) {
+          if (j + prefetch_ahead < hi_max) prefetch_row(k.row(b, g, j + prefetch_ahead), k_row_bytes);
+          prefetch_row(v.row(b, g, j), v_row_bytes);
+        }
+        const float* kr = nullptr;
+        if (any) {
+          if constexpr (std::is_same_v<KV, float>) {
+            kr = k.row(b, g, j);
+          } else {
+            widen(k.row(b, g, j), kwide.data(), D);
+            kr = kwide.data();
+          }
+        }
+        for (index_t r = 0; r < rows; ++r)
+          S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? simd::dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
+      }
     }
     if (elementwise)
       for (index_t r = 0; r < rows; ++r)
@@ -177,35 +202,48 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       std::fill_n(pr + 5, Dv, 0.0f);
     }
     // P·V with register-blocked accumulators (up to 6 rows × 4 vectors per pass);
-    // the chunk's V rows stay in L2 across passes. Tail columns done scalar.
+    // the chunk's V rows stay in L2 across passes. Tail columns done scalar. A bf16
+    // V on AVX-512 is widened in registers (simd/bf16_kernels.hpp); other 16-bit
+    // storage is widened once per chunk into a per-thread copy.
     if (hi_max > lo_min) {
       constexpr int W = O::width;
+      constexpr bool bf16_in_registers = std::is_same_v<KV, bfloat16> && simd::has_bf16_pv<Arch>;
       const index_t keys = hi_max - lo_min;
       index_t vstride = v.stride[seq_axis];
       const float* v0 = nullptr;
       if constexpr (std::is_same_v<KV, float>) {
         v0 = v.row(b, g, lo_min);
-      } else {  // widen this chunk's V rows once; they are then reused from L2
+      } else if constexpr (!bf16_in_registers) {  // widen this chunk's V rows once; reused from L2
         thread_local aligned_vector<float> vwide;
         if (vwide.size() < static_cast<std::size_t>(keys * Dv)) vwide.resize(static_cast<std::size_t>(keys * Dv));
         for (index_t j = 0; j < keys; ++j) widen(v.row(b, g, lo_min + j), vwide.data() + j * Dv, Dv);
         v0 = vwide.data();
         vstride = Dv;
       }
+      const auto v_at = [&](index_t j, index_t d) -> float {  // V[lo_min + j][d] as float
+        if constexpr (bf16_in_registers)
+          return to_float(v.row(b, g, lo_min + j)[d]);
+        else
+          return v0[j * vstride + d];
+      };
       const index_t dfull = Dv / W * W;
       const float ones[6] = {1, 1, 1, 1, 1, 1};
       for (index_t r0 = 0; r0 < rows; r0 += 6) {
         const int R = static_cast<int>(std::min<index_t>(6, rows - r0));
         const float* P = S + r0 * len + (lo_min - j0);
         float* o = partial + ((bg * chunks + ch) * rows + r0) * rec + 5;
-        for (index_t dc = 0; dc < dfull;) {
-          const index_t nv = std::min<index_t>(4, (dfull - dc) / W);
-          simd::pv_rows<Arch>(R, static_cast<int>(nv), P, len, v0 + dc, vstride, keys, o + dc, rec, ones);
-          dc += nv * W;
+        if constexpr (bf16_in_registers) {
+          simd::pv_rows_bf16<Arch>(R, P, len, v.row(b, g, lo_min), vstride, keys, o, rec, Dv);
+        } else {
+          for (index_t dc = 0; dc < dfull;) {
+            const index_t nv = std::min<index_t>(4, (dfull - dc) / W);
+            simd::pv_rows<Arch>(R, static_cast<int>(nv), P, len, v0 + dc, vstride, keys, o + dc, rec, ones);
+            dc += nv * W;
+          }
+          for (int r = 0; r < R; ++r)
+            for (index_t j = 0; j < keys; ++j)
+              for (index_t d = dfull; d < Dv; ++d) o[r * rec + d] += P[r * len + j] * v0[j * vstride + d];
         }
-        for (int r = 0; r < R; ++r)
-          for (index_t j = 0; j < keys; ++j)
-            for (index_t d = dfull; d < Dv; ++d) o[r * rec + d] += P[r * len + j] * v0[j * vstride + d];
         // A non-finite result with a finite row state came from V: redo the row with
         // only its nonzero weights, so a masked key's NaN/Inf (0·NaN) cannot leak in.
         for (int r = 0; r < R; ++r) {
@@ -217,7 +255,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
           std::fill_n(orow, Dv, 0.0f);
           for (index_t j = 0; j < keys; ++j)
             if (const float p = P[r * len + j]; p != 0.0f)
-              for (index_t d = 0; d < Dv; ++d) orow[d] += p * v0[j * vstride + d];
+              for (index_t d = 0; d < Dv; ++d) orow[d] += p * v_at(j, d);
         }
       }
     }
