@@ -815,10 +815,14 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   const int BM = c.block_rows;
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;
   const index_t heads = sh.batch * sh.q_heads;
-  // Later query blocks see more keys under causal masks: hand them out first.
+  // Later query blocks see more keys under causal masks: hand them out first. A
+  // band (every row sees at most `band` keys) makes all blocks cost the same;
+  // there the blocks of one head go in order, so the head's packed K/V window
+  // stays in L2 from one block to the next and Q/O stream forward.
+  const bool head_major = band > 0;
   const auto block_of = [&](index_t task) {
-    const index_t qb = q_blocks - 1 - task / heads;
-    const index_t bh = task % heads;
+    const index_t qb = head_major ? task % q_blocks : q_blocks - 1 - task / heads;
+    const index_t bh = head_major ? task / q_blocks : task % heads;
     const index_t row0 = qb * BM;
     return block_ref{bh / sh.q_heads, bh % sh.q_heads, row0, static_cast<int>(std::min<index_t>(BM, sh.q_len - row0))};
   };
