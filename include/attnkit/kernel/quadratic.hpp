@@ -11,6 +11,7 @@
 /// Each output row is produced by one task, in a fixed order, so results are
 /// bitwise identical for any thread count.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -54,6 +55,15 @@ inline void prefetch_row_for_write(void* p, std::size_t bytes) noexcept {
 #endif
 }
 
+/// Spin-wait hint for a short wait on another thread.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 /// The row order of a plain call: packed key j is key j, task row i is query i.
 struct identity_rows {
   static constexpr bool identity = true;
@@ -68,7 +78,15 @@ struct reordered_rows {
   index_t operator()(index_t g, index_t j) const { return keys.kv_token(g, j); }
 };
 
-/// Kᵀ panels and padded V rows of every (batch, kv-head): packed once per call.
+/// Kᵀ panels and padded V rows of every (batch, kv-head), one key tile at a time.
+///
+/// Eager (the default): every tile is packed up front, in parallel over heads.
+/// Lazy (banded calls, where each query block sees a few tiles): a tile is packed
+/// by the first task that needs it (`ensure`), right before its use, so the pack's
+/// memory reads overlap the other thread's compute instead of forming a separate
+/// memory-bound pass, and the freshly packed panels are used from L1/L2. A tile's
+/// state moves 0 (not packed) → 1 (being packed) → 2 or 3 (packed; 3: its V rows
+/// hold a NaN or Inf) exactly once per call; a task that finds 1 waits for it.
 template <class Arch>
 struct packed_kv {
   using tile = simd::tile_shape<Arch>;
@@ -76,27 +94,26 @@ struct packed_kv {
   index_t key_tiles = 0, dim = 0, vdim_padded = 0;
   float* kt = nullptr;  // [B·Hkv][key_tiles][dim][BN]
   float* vr = nullptr;  // [B·Hkv][key_tiles·BN][vdim_padded]
-  /// Per (b, kv head): V holds a NaN or Inf. Such heads take a P·V path that skips
-  /// zero weights, so a masked key's non-finite V cannot leak in as 0·NaN.
-  const unsigned char* v_nonfinite = nullptr;
+  /// [B·Hkv][key_tiles] tile states (above). A tile whose V holds NaN/Inf takes a
+  /// P·V path that skips zero weights, so a masked key's NaN cannot leak in as 0·NaN.
+  unsigned char* state = nullptr;
 
   std::size_t k_head_size() const { return static_cast<std::size_t>(key_tiles * dim * BN); }
   std::size_t v_head_size() const { return static_cast<std::size_t>(key_tiles * BN * vdim_padded); }
   const float* k_head(index_t bg) const { return kt + bg * k_head_size(); }
   const float* v_head(index_t bg) const { return vr + bg * v_head_size(); }
 
-  /// Packs into storage owned by the calling thread and reused across calls, so a
-  /// steady stream of calls neither allocates nor page-faults. Only padding is zeroed.
-  /// Packed key j of kv head g is row `source(g, j)` of k and v (a reordering, e.g.
-  /// the rank order of stochastic permutation attention; identity by default).
-  template <class KV, class Source = identity_rows>
-  void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads, const Source& source = {}) {
+  /// Packs (eager) or prepares (lazy) into storage owned by the calling thread and
+  /// reused across calls, so a steady stream of calls neither allocates nor
+  /// page-faults. Packed key j of kv head g is row `source(g, j)` of k and v (a
+  /// reordering, e.g. the rank order of stochastic permutation attention). Lazy:
+  /// k, v and source must outlive the kernel's use of this object.
+  template <class KV, class Source>
+  void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads, const Source& source,
+            bool lazy) {
     thread_local aligned_vector<float> storage;
-    thread_local std::vector<unsigned char> flags;
+    thread_local std::vector<unsigned char> states;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
-    flags.assign(static_cast<std::size_t>(B * G), 0);
-    unsigned char* flag = flags.data();  // the workers write through this (flags is this thread's)
-    v_nonfinite = flag;
     dim = k.dim();
     key_tiles = (Lk + BN - 1) / BN;
     vdim_padded = (Dv + tile::width - 1) / tile::width * tile::width;
@@ -104,36 +121,75 @@ struct packed_kv {
     if (storage.size() < need) storage.resize(need);
     kt = storage.data();
     vr = kt + static_cast<std::size_t>(B * G) * k_head_size();
+    states.assign(static_cast<std::size_t>(B * G * key_tiles), 0);
+    state = states.data();  // the workers write through this (states is this thread's)
+    src_k = &k;
+    src_v = &v;
+    src_rows = &source;
+    pack_fn = &pack_tile_of<KV, Source>;
+    if (lazy) return;
     parallel_for(B * G, threads, [&](index_t bg) {
-      const index_t b = bg / G, g = bg % G;
-      float* kh = kt + bg * k_head_size();
-      float* vh = vr + bg * v_head_size();
-      bool nonfinite = false;
-      for (index_t j = 0; j < Lk; ++j) {
-        const index_t src = source(g, j);
-        if constexpr (!Source::identity) {
-          // Reordered rows defeat the hardware prefetcher: ask for a later pair.
-          if (j + 8 < Lk) {
-            const index_t ahead = source(g, j + 8);
-            prefetch_row(k.row(b, g, ahead), static_cast<std::size_t>(dim) * sizeof(KV));
-            prefetch_row(v.row(b, g, ahead), static_cast<std::size_t>(Dv) * sizeof(KV));
-          }
-        }
-        const KV* kr = k.row(b, g, src);
-        float* panel = kh + (j / BN) * dim * BN + (j % BN);
-        for (index_t d = 0; d < dim; ++d) panel[d * BN] = to_float(kr[d]);
-        float* vrow = vh + j * vdim_padded;
-        widen(v.row(b, g, src), vrow, Dv);
-        nonfinite = nonfinite || simd::any_nonfinite<Arch>(vrow, Dv);
-        std::fill(vrow + Dv, vrow + vdim_padded, 0.0f);
-      }
-      flag[bg] = nonfinite;
-      for (index_t j = Lk; j < key_tiles * BN; ++j) {  // tail keys: zero K columns and V rows
-        float* panel = kh + (j / BN) * dim * BN + (j % BN);
-        for (index_t d = 0; d < dim; ++d) panel[d * BN] = 0.0f;
-        std::fill(vh + j * vdim_padded, vh + (j + 1) * vdim_padded, 0.0f);
-      }
+      for (index_t kb = 0; kb < key_tiles; ++kb) state[bg * key_tiles + kb] = pack_tile_of<KV, Source>(*this, bg, kb) ? 3 : 2;
     });
+  }
+
+  /// Tile kb of head bg is packed when this returns (packing it here if no task has
+  /// started it); true when its V rows hold a NaN or Inf.
+  bool ensure(index_t bg, index_t kb) const {
+    std::atomic_ref<unsigned char> st(state[bg * key_tiles + kb]);
+    unsigned char x = st.load(std::memory_order_acquire);
+    if (x >= 2) [[likely]] return x == 3;
+    unsigned char idle = 0;
+    if (st.compare_exchange_strong(idle, 1, std::memory_order_acquire)) {
+      x = pack_fn(*this, bg, kb) ? 3 : 2;
+      st.store(x, std::memory_order_release);
+      return x == 3;
+    }
+    while ((x = st.load(std::memory_order_acquire)) < 2) cpu_relax();
+    return x == 3;
+  }
+
+ private:
+  const void* src_k = nullptr;
+  const void* src_v = nullptr;
+  const void* src_rows = nullptr;
+  bool (*pack_fn)(const packed_kv&, index_t, index_t) = nullptr;
+
+  /// Packs keys [kb·BN, kb·BN + BN) of head bg (zeros past Lk); true when a V row
+  /// holds a NaN or Inf.
+  template <class KV, class Source>
+  static bool pack_tile_of(const packed_kv& self, index_t bg, index_t kb) {
+    const auto& k = *static_cast<const tensor_view<const KV>*>(self.src_k);
+    const auto& v = *static_cast<const tensor_view<const KV>*>(self.src_v);
+    const Source& source = *static_cast<const Source*>(self.src_rows);
+    const index_t G = k.heads(), Lk = k.seq(), Dv = v.dim(), dim = self.dim, Dvp = self.vdim_padded;
+    const index_t b = bg / G, g = bg % G;
+    float* panel = self.kt + bg * self.k_head_size() + kb * dim * BN;
+    float* vh = self.vr + bg * self.v_head_size();
+    bool nonfinite = false;
+    const index_t j1 = std::min<index_t>(Lk, (kb + 1) * BN);
+    for (index_t j = kb * BN; j < j1; ++j) {
+      if constexpr (!Source::identity) {
+        // Reordered rows defeat the hardware prefetcher: ask for a later pair.
+        if (j + 8 < Lk) {
+          const index_t ahead = source(g, j + 8);
+          prefetch_row(k.row(b, g, ahead), static_cast<std::size_t>(dim) * sizeof(KV));
+          prefetch_row(v.row(b, g, ahead), static_cast<std::size_t>(Dv) * sizeof(KV));
+        }
+      }
+      const index_t src = source(g, j);
+      const KV* kr = k.row(b, g, src);
+      for (index_t d = 0; d < dim; ++d) panel[d * BN + (j % BN)] = to_float(kr[d]);
+      float* vrow = vh + j * Dvp;
+      widen(v.row(b, g, src), vrow, Dv);
+      nonfinite = nonfinite || simd::any_nonfinite<Arch>(vrow, Dv);
+      std::fill(vrow + Dv, vrow + Dvp, 0.0f);
+    }
+    for (index_t j = j1; j < (kb + 1) * BN; ++j) {  // tail keys: zero K columns and V rows
+      for (index_t d = 0; d < dim; ++d) panel[d * BN + (j % BN)] = 0.0f;
+      std::fill(vh + j * Dvp, vh + (j + 1) * Dvp, 0.0f);
+    }
+    return nonfinite;
   }
 };
 
@@ -710,7 +766,6 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
 
   const float* khead = c.kv.k_head(bg);
   const float* vhead = c.kv.v_head(bg);
-  const bool vbad = c.kv.v_nonfinite[bg] != 0;
   // The strips and the union / intersection of their rows' key intervals.
   auto& strips = sc.strips;
   strips.clear();
@@ -751,6 +806,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     }
     const float* kpanel = khead + kb * D * BN;
     const float* vtile = vhead + j0 * Dvp;
+    const bool vbad = c.kv.ensure(bg, kb);
     for (const strip_keys& sk : strips) {
       const int r0 = sk.r0, R = sk.rows;
       if (sk.hi_hi <= j0 || sk.lo_lo >= j0 + BN) continue;  // empty for every row
@@ -792,11 +848,20 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
                    const options& opt, Obs& obs, const Keys& keys = {}, index_t band = 0) {
   if (sh.batch == 0 || sh.q_heads == 0 || sh.q_len == 0) return;
   const int threads = resolve_num_threads(opt.num_threads);
+  // A local window (options or pattern) bounds the keys each row sees.
+  const bool right_bounded = opt.window.right >= 0 || opt.causal != causal::none;
+  if (opt.window.left >= 0 && right_bounded) {
+    const index_t w = opt.window.left + std::max<index_t>(opt.window.right, 0) + 1;
+    band = band > 0 ? std::min(band, w) : w;
+  }
+  // Banded calls pack lazily: each query block touches a few key tiles (packed_kv).
   packed_kv<Arch> kv;
+  const identity_rows identity;
+  [[maybe_unused]] const reordered_rows<Keys> reordered{keys};
   if constexpr (requires { keys.kv_token(index_t{}, index_t{}); }) {
-    kv.pack(k, v, threads, reordered_rows<Keys>{keys});
+    kv.pack(k, v, threads, reordered, band > 0);
   } else {
-    kv.pack(k, v, threads);
+    kv.pack(k, v, threads, identity, band > 0);
   }
 
   quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, kv};
@@ -805,24 +870,27 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   c.elementwise = has_elementwise_terms(opt);
   if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
   c.count_dynamic = c.elementwise || Keys::active;
-  // A local window (options or pattern) bounds the keys each row sees.
-  const bool right_bounded = opt.window.right >= 0 || opt.causal != causal::none;
-  if (opt.window.left >= 0 && right_bounded) {
-    const index_t w = opt.window.left + std::max<index_t>(opt.window.right, 0) + 1;
-    band = band > 0 ? std::min(band, w) : w;
-  }
   c.block_rows = choose_block_rows<Arch>(band);
   const int BM = c.block_rows;
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;
   const index_t heads = sh.batch * sh.q_heads;
   // Later query blocks see more keys under causal masks: hand them out first. A
   // band (every row sees at most `band` keys) makes all blocks cost the same;
-  // there the blocks of one head go in order, so the head's packed K/V window
-  // stays in L2 from one block to the next and Q/O stream forward.
-  const bool head_major = band > 0;
+  // there each head's blocks go in order, so its K/V window stays in L2 from one
+  // block to the next and Q/O stream forward, and `threads` heads run side by side
+  // (task t on head t mod threads of its group), so concurrent tasks rarely need
+  // the same lazily packed tile.
+  const bool banded = band > 0;
+  const index_t lanes = std::min<index_t>(threads, heads), full_groups = heads / lanes;
   const auto block_of = [&](index_t task) {
-    const index_t qb = head_major ? task % q_blocks : q_blocks - 1 - task / heads;
-    const index_t bh = head_major ? task / q_blocks : task % heads;
+    index_t qb = q_blocks - 1 - task / heads, bh = task % heads;
+    if (banded) {
+      const index_t group = task / (lanes * q_blocks);
+      const index_t width = group < full_groups ? lanes : heads - full_groups * lanes;
+      const index_t t = task - group * lanes * q_blocks;
+      qb = t / width;
+      bh = group * lanes + t % width;
+    }
     const index_t row0 = qb * BM;
     return block_ref{bh / sh.q_heads, bh % sh.q_heads, row0, static_cast<int>(std::min<index_t>(BM, sh.q_len - row0))};
   };

@@ -101,7 +101,8 @@ struct top_k_keys {
     grow(s.logits, MR * tiles * BN);
     grow(s.gmax, MR * tiles * NC);
     grow(s.vals, tiles * BN + W);
-    const float* khead = c.kv.k_head(b * c.shape.kv_heads + h / c.shape.group());
+    const index_t bg = b * c.shape.kv_heads + h / c.shape.group();
+    const float* khead = c.kv.k_head(bg);
 
     for (int r0 = 0; r0 < n; r0 += MR) {
       const int R = std::min(MR, n - r0);
@@ -116,6 +117,7 @@ struct top_k_keys {
       vf visible[MR];
       for (auto& x : visible) x = O::set1(0.0f);
       for (index_t kb = kb0; kb < kb1; ++kb) {
+        c.kv.ensure(bg, kb);  // a lazily packed call packs the tile here
         const float* kpanel = khead + kb * D * BN;
         float* dst = s.logits.data() + (kb - kb0) * BN;
         float* gm = s.gmax.data() + (kb - kb0) * NC;
