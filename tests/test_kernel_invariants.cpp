@@ -200,7 +200,7 @@ TEMPLATE_TEST_CASE("16-bit K/V storage equals float K/V holding the same values"
               bhsd(static_cast<const TestType*>(vh.data()), 1, 2, 700, 24), p.ov(a));
     attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(b));
     // Bitwise equal, except the decode path's bf16 logits on AVX512-BF16, which
-    // split q into two bf16 halves (simd/bf16_kernels.hpp): there the stated
+    // split q into two bf16 halves (simd/decode_kernels.hpp): there the stated
     // tolerance is 1e-5 × max|out| (the split leaves 2^-18 of q per term).
     if (std::is_same_v<TestType, bfloat16> && Lq == 1 && simd::has_native_bf16_dot<simd::default_arch>) {
       float worst = 0.0f, scale = 0.0f;

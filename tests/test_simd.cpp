@@ -2,7 +2,7 @@
 // reductions, masking, and the two register micro-kernels against plain loops.
 #include <catch2/catch.hpp>
 
-#include <attnkit/simd/bf16_kernels.hpp>
+#include <attnkit/simd/decode_kernels.hpp>
 #include <attnkit/simd/microkernel.hpp>
 #include <attnkit/simd/transpose.hpp>
 
@@ -134,7 +134,7 @@ TEMPLATE_LIST_TEST_CASE("transpose_16 and any_nonfinite equal plain loops", "[si
   CHECK_FALSE(simd::any_nonfinite<TestType>(x.data(), 37));
 }
 
-TEMPLATE_LIST_TEST_CASE("dot16_bf16 and pv_rows_bf16 equal float64 loops", "[simd][dtype]", simd::compiled_archs) {
+TEMPLATE_LIST_TEST_CASE("decode kernels (dot16, dot16_bf16, pv_rows_kv) equal float64 loops", "[simd][dtype]", simd::compiled_archs) {
   INFO("arch " << simd::arch_name<TestType>() << ", AVX512-BF16 " << simd::has_native_bf16_dot<TestType>);
   // Logits: q split into two bf16 halves leaves |r| <= 2^-18·|q| per element, then
   // fp32 accumulation: tolerance 1e-5 × Σ|q_i·k_i| (observed about 3e-6).
@@ -187,27 +187,65 @@ TEMPLATE_LIST_TEST_CASE("dot16_bf16 and pv_rows_bf16 equal float64 loops", "[sim
     CHECK(out[0] == Approx(31.8).epsilon(1e-6));
     CHECK(out[15] == Approx(31.8).epsilon(1e-6));
   }
-  // P·V with bf16 V widened in registers (AVX-512 builds only; elsewhere the decode
-  // path widens V into fp32 and uses pv_tile, tested above).
-  if constexpr (simd::has_bf16_pv<TestType>) {
-    for (long dv : {16L, 40L, 64L, 130L})
-      for (int R = 1; R <= 6; ++R) {
-        const long keys = 37, ldv = dv + 5, ldp = keys + 2, ldo = dv + 1;
-        const auto p = attnkit_test::randn(static_cast<std::size_t>(R * ldp), 21);
-        const auto vf = attnkit_test::randn(static_cast<std::size_t>(keys * ldv), 22);
-        std::vector<bfloat16> v(vf.size());
-        for (std::size_t i = 0; i < v.size(); ++i) v[i] = bfloat16::from_float(vf[i]);
-        auto o = attnkit_test::randn(static_cast<std::size_t>(R * ldo), 23);
-        const auto o0 = o;
-        simd::pv_rows_bf16<TestType>(R, p.data(), ldp, v.data(), ldv, keys, o.data(), ldo, dv);
-        for (int r = 0; r < R; ++r)
-          for (long c = 0; c < dv; ++c) {
-            double ref = o0[static_cast<std::size_t>(r * ldo + c)];
-            for (long j = 0; j < keys; ++j)
-              ref += static_cast<double>(p[static_cast<std::size_t>(r * ldp + j)]) * v[static_cast<std::size_t>(j * ldv + c)].to_float();
-            INFO("dv " << dv << " R " << R << " row " << r << " col " << c);
-            CHECK(o[static_cast<std::size_t>(r * ldo + c)] == Approx(ref).margin(1e-5));
+  // The AVX-512 decode kernels: logits of 16 keys per call and P·V with K/V as
+  // float, bf16 or fp16 widened in registers (elsewhere the decode path widens rows
+  // and uses the fp32 kernels tested above). Exact fp32 arithmetic: margins 1e-5.
+  if constexpr (simd::has_wide_kv_kernels<TestType>) {
+    const auto check_type = [&](auto tag) {
+      using KV = decltype(tag);
+      INFO("storage " << sizeof(KV) * 8 << " bit");
+      const auto store = [](float x) {
+        if constexpr (std::is_same_v<KV, float>)
+          return x;
+        else
+          return KV::from_float(x);
+      };
+      for (long d : {1L, 15L, 16L, 17L, 40L, 64L, 128L, 130L})
+        for (int n : {1, 7, 16}) {
+          const long ldk = d + 5;
+          const auto q = attnkit_test::randn(static_cast<std::size_t>(d), 31);
+          const auto kf = attnkit_test::randn(static_cast<std::size_t>(16 * ldk), 32);
+          std::vector<KV> k(kf.size());
+          for (std::size_t i = 0; i < k.size(); ++i) k[i] = store(kf[i]);
+          float out[16];
+          std::fill_n(out, 16, -7.0f);
+          simd::dot16<TestType>(q.data(), d, k.data(), ldk, n, out);
+          for (int j = 0; j < 16; ++j) {
+            INFO("d " << d << " n " << n << " key " << j);
+            if (j >= n) {
+              CHECK(out[j] == -7.0f);
+              continue;
+            }
+            double ref = 0;
+            for (long i = 0; i < d; ++i)
+              ref += static_cast<double>(q[static_cast<std::size_t>(i)]) * to_float(k[static_cast<std::size_t>(j * ldk + i)]);
+            CHECK(out[j] == Approx(ref).margin(1e-5));
+            if constexpr (std::is_same_v<KV, float>)  // the fp32 decode loop's row dot: same bits
+              CHECK(simd::dot1<TestType>(q.data(), d, k.data() + j * ldk) == out[j]);
           }
-      }
+        }
+      for (long dv : {16L, 40L, 64L, 130L})
+        for (int R = 1; R <= 6; ++R) {
+          const long keys = 37, ldv = dv + 5, ldp = keys + 2, ldo = dv + 1;
+          const auto p = attnkit_test::randn(static_cast<std::size_t>(R * ldp), 21);
+          const auto vf = attnkit_test::randn(static_cast<std::size_t>(keys * ldv), 22);
+          std::vector<KV> v(vf.size());
+          for (std::size_t i = 0; i < v.size(); ++i) v[i] = store(vf[i]);
+          auto o = attnkit_test::randn(static_cast<std::size_t>(R * ldo), 23);
+          const auto o0 = o;
+          simd::pv_rows_kv<TestType>(R, p.data(), ldp, v.data(), ldv, keys, o.data(), ldo, dv);
+          for (int r = 0; r < R; ++r)
+            for (long c = 0; c < dv; ++c) {
+              double ref = o0[static_cast<std::size_t>(r * ldo + c)];
+              for (long j = 0; j < keys; ++j)
+                ref += static_cast<double>(p[static_cast<std::size_t>(r * ldp + j)]) * to_float(v[static_cast<std::size_t>(j * ldv + c)]);
+              INFO("dv " << dv << " R " << R << " row " << r << " col " << c);
+              CHECK(o[static_cast<std::size_t>(r * ldo + c)] == Approx(ref).margin(1e-5));
+            }
+        }
+    };
+    check_type(0.0f);
+    check_type(bfloat16{});
+    check_type(float16{});
   }
 }

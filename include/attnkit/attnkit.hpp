@@ -2,6 +2,15 @@
 /// \file
 /// Umbrella header: the whole public API except Eigen interop
 /// (attnkit/interop/eigen.hpp), which is opt-in so that Eigen stays optional.
+// GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 intrinsic headers
+// (the unmasked forms pass an undefined vector as the unused merge source) once
+// they are inlined into template code; the reports are false, so they are muted
+// for attnkit's headers only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/mask.hpp"
@@ -27,3 +36,7 @@
 #include "policy/sparse.hpp"
 #include "policy/stochastic_permutation.hpp"
 #include "simd/arch.hpp"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

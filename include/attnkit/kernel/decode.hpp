@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "../simd/bf16_kernels.hpp"
+#include "../simd/decode_kernels.hpp"
 #include "quadratic.hpp"
 
 namespace attnkit::detail {
@@ -77,26 +77,37 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     const std::size_t k_row_bytes = static_cast<std::size_t>(D) * sizeof(KV),
                       v_row_bytes = static_cast<std::size_t>(Dv) * sizeof(KV);
     const index_t prefetch_ahead = std::max<index_t>(8, static_cast<index_t>(4096 / k_row_bytes));  // ≥ 4 KiB
-    if constexpr (std::is_same_v<KV, bfloat16> && simd::has_native_bf16_dot<Arch>) {
-      // bf16 cache on AVX512-BF16: sixteen keys per step, never widened (simd/bf16_kernels.hpp).
-      const index_t dp = simd::bf16_padded(D);
+    if constexpr (simd::has_wide_kv_kernels<Arch> && !std::is_same_v<KV, float>) {
+      // 16-bit cache: sixteen keys per step, widened in registers (bf16 on
+      // AVX512-BF16: not widened at all), simd/decode_kernels.hpp. An fp32 cache
+      // keeps the row-by-row loop below, which streams better (sixteen fp32 rows
+      // read side by side measured 3-8% slower); simd::dot1 sums in the order of
+      // simd::dot16, so 16-bit and fp32 storage of the same values agree bitwise.
+      constexpr bool native_bf16 = std::is_same_v<KV, bfloat16> && simd::has_native_bf16_dot<Arch>;
+      const index_t dp = native_bf16 ? simd::bf16_padded(D) : 0;
       thread_local aligned_vector<std::uint16_t> qsplit;
-      if (qsplit.size() < static_cast<std::size_t>(2 * rows * dp)) qsplit.resize(static_cast<std::size_t>(2 * rows * dp));
-      for (index_t r = 0; r < rows; ++r)
-        simd::split_bf16(sc.q.data() + r * D, D, qsplit.data() + 2 * r * dp, qsplit.data() + (2 * r + 1) * dp);
+      if constexpr (native_bf16) {
+        if (qsplit.size() < static_cast<std::size_t>(2 * rows * dp)) qsplit.resize(static_cast<std::size_t>(2 * rows * dp));
+        for (index_t r = 0; r < rows; ++r)
+          simd::split_bf16(sc.q.data() + r * D, D, qsplit.data() + 2 * r * dp, qsplit.data() + (2 * r + 1) * dp);
+      }
       std::fill_n(S, rows * len, neg_inf);
       const index_t kstride = k.stride[seq_axis];
       for (index_t j = lo_min; j < hi_max; j += 16) {
         const int n = static_cast<int>(std::min<index_t>(16, hi_max - j));
-        for (index_t x = j + prefetch_ahead; x < std::min(j + prefetch_ahead + 16, hi_max); ++x)
+        for (index_t x = j + 16; x < std::min(j + 32, hi_max); ++x)  // the next block's K rows
           prefetch_row(k.row(b, g, x), k_row_bytes);
         for (index_t x = j; x < j + n; ++x) prefetch_row(v.row(b, g, x), v_row_bytes);
         for (index_t r = 0; r < rows; ++r) {
           const index_t a = std::max(j, sc.lo[r]), e = std::min<index_t>(j + n, sc.hi[r]);
           if (a >= e) continue;
           float* Sr = S + r * len + (a - j0);
-          simd::dot16_bf16<Arch>(sc.q.data() + r * D, qsplit.data() + 2 * r * dp, qsplit.data() + (2 * r + 1) * dp, D,
-                                 k.row(b, g, a), kstride, static_cast<int>(e - a), Sr);
+          const float* qr = sc.q.data() + r * D;
+          if constexpr (native_bf16)
+            simd::dot16_bf16<Arch>(qr, qsplit.data() + 2 * r * dp, qsplit.data() + (2 * r + 1) * dp, D, k.row(b, g, a),
+                                   kstride, static_cast<int>(e - a), Sr);
+          else
+            simd::dot16<Arch>(qr, D, k.row(b, g, a), kstride, static_cast<int>(e - a), Sr);
         }
       }
     } else {
@@ -120,8 +131,14 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
             kr = kwide.data();
           }
         }
+        const auto dot = [&](const float* qr) {
+          if constexpr (simd::has_wide_kv_kernels<Arch>)
+            return simd::dot1<Arch>(qr, D, kr);
+          else
+            return simd::dot<Arch>(qr, kr, D);
+        };
         for (index_t r = 0; r < rows; ++r)
-          S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? simd::dot<Arch>(sc.q.data() + r * D, kr, D) : neg_inf;
+          S[r * len + (j - j0)] = (kr && j >= sc.lo[r] && j < sc.hi[r]) ? dot(sc.q.data() + r * D) : neg_inf;
       }
     }
     if (elementwise)
@@ -202,18 +219,18 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       std::fill_n(pr + 5, Dv, 0.0f);
     }
     // P·V with register-blocked accumulators (up to 6 rows × 4 vectors per pass);
-    // the chunk's V rows stay in L2 across passes. Tail columns done scalar. A bf16
-    // V on AVX-512 is widened in registers (simd/bf16_kernels.hpp); other 16-bit
-    // storage is widened once per chunk into a per-thread copy.
+    // the chunk's V rows stay in L2 across passes. Tail columns done scalar. On
+    // AVX-512, 16-bit V is widened in registers (simd/decode_kernels.hpp); elsewhere
+    // once per chunk into a per-thread copy.
     if (hi_max > lo_min) {
       constexpr int W = O::width;
-      constexpr bool bf16_in_registers = std::is_same_v<KV, bfloat16> && simd::has_bf16_pv<Arch>;
+      constexpr bool in_registers = simd::has_wide_kv_kernels<Arch>;
       const index_t keys = hi_max - lo_min;
       index_t vstride = v.stride[seq_axis];
       const float* v0 = nullptr;
       if constexpr (std::is_same_v<KV, float>) {
         v0 = v.row(b, g, lo_min);
-      } else if constexpr (!bf16_in_registers) {  // widen this chunk's V rows once; reused from L2
+      } else if constexpr (!in_registers) {  // widen this chunk's V rows once; reused from L2
         thread_local aligned_vector<float> vwide;
         if (vwide.size() < static_cast<std::size_t>(keys * Dv)) vwide.resize(static_cast<std::size_t>(keys * Dv));
         for (index_t j = 0; j < keys; ++j) widen(v.row(b, g, lo_min + j), vwide.data() + j * Dv, Dv);
@@ -221,7 +238,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         vstride = Dv;
       }
       const auto v_at = [&](index_t j, index_t d) -> float {  // V[lo_min + j][d] as float
-        if constexpr (bf16_in_registers)
+        if constexpr (in_registers)
           return to_float(v.row(b, g, lo_min + j)[d]);
         else
           return v0[j * vstride + d];
@@ -232,8 +249,8 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         const int R = static_cast<int>(std::min<index_t>(6, rows - r0));
         const float* P = S + r0 * len + (lo_min - j0);
         float* o = partial + ((bg * chunks + ch) * rows + r0) * rec + 5;
-        if constexpr (bf16_in_registers) {
-          simd::pv_rows_bf16<Arch>(R, P, len, v.row(b, g, lo_min), vstride, keys, o, rec, Dv);
+        if constexpr (in_registers) {
+          simd::pv_rows_kv<Arch>(R, P, len, v.row(b, g, lo_min), vstride, keys, o, rec, Dv);
         } else {
           for (index_t dc = 0; dc < dfull;) {
             const index_t nv = std::min<index_t>(4, (dfull - dc) / W);
