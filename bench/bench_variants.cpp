@@ -17,6 +17,7 @@
 //                                           tile holds a kept key, so the main pass skips almost none)
 //   entropy/off|on/N:4096/D:64/threads:1    softmax with and without observe(stats)
 //   softmax_decode_bf16/Lk:4096/D:128/H:8   bf16 K/V decode; GB/s of K+V bytes read
+//   softmax_decode_fp16/Lk:4096/D:128/H:8   the same with fp16 K/V
 #include <attnkit/attnkit.hpp>
 
 #include <string>
@@ -171,35 +172,40 @@ void register_all(bool quick) {
     })->Unit(ms);
   }
 
-  // Decode with bf16 K/V: half the bytes of the fp32 decode in bench_softmax.
-  for (int t : thread_counts)
-    benchmark::RegisterBenchmark(("softmax_decode_bf16/Lk:4096/D:128/H:8/threads:" + std::to_string(t)).c_str(),
-                                 [=](benchmark::State& st) {
-                                   const index_t lk = 4096, d = 128;
-                                   const auto kf = random_vector(static_cast<std::size_t>(heads * lk * d), 2);
-                                   const auto vf = random_vector(static_cast<std::size_t>(heads * lk * d), 3);
-                                   std::vector<attnkit::bfloat16> kb(kf.size()), vb(vf.size());
-                                   for (std::size_t i = 0; i < kf.size(); ++i) {
-                                     kb[i] = attnkit::bfloat16::from_float(kf[i]);
-                                     vb[i] = attnkit::bfloat16::from_float(vf[i]);
-                                   }
-                                   const auto q = random_vector(static_cast<std::size_t>(heads * d), 1);
-                                   std::vector<float> o(static_cast<std::size_t>(heads * d));
-                                   attnkit::options opt;
-                                   opt.num_threads = t;
-                                   const auto qv = attnkit::bhsd(q.data(), 1, heads, 1, d);
-                                   const auto kv = attnkit::bhsd(static_cast<const attnkit::bfloat16*>(kb.data()), 1, heads, lk, d);
-                                   const auto vv = attnkit::bhsd(static_cast<const attnkit::bfloat16*>(vb.data()), 1, heads, lk, d);
-                                   const auto ov = attnkit::bhsd(o.data(), 1, heads, 1, d);
-                                   attnkit::attention(attnkit::softmax{}, qv, kv, vv, ov, opt);
-                                   const wall_timer timer;
-                                   for (auto _ : st) {
+  // Decode with bf16 and fp16 K/V: half the bytes of the fp32 decode in bench_softmax.
+  const auto decode_16bit = [&](auto tag, const char* name) {
+    using KV = decltype(tag);
+    for (int t : thread_counts)
+      benchmark::RegisterBenchmark((std::string(name) + "/Lk:4096/D:128/H:8/threads:" + std::to_string(t)).c_str(),
+                                   [=](benchmark::State& st) {
+                                     const index_t lk = 4096, d = 128;
+                                     const auto kf = random_vector(static_cast<std::size_t>(heads * lk * d), 2);
+                                     const auto vf = random_vector(static_cast<std::size_t>(heads * lk * d), 3);
+                                     std::vector<KV> kb(kf.size()), vb(vf.size());
+                                     for (std::size_t i = 0; i < kf.size(); ++i) {
+                                       kb[i] = KV::from_float(kf[i]);
+                                       vb[i] = KV::from_float(vf[i]);
+                                     }
+                                     const auto q = random_vector(static_cast<std::size_t>(heads * d), 1);
+                                     std::vector<float> o(static_cast<std::size_t>(heads * d));
+                                     attnkit::options opt;
+                                     opt.num_threads = t;
+                                     const auto qv = attnkit::bhsd(q.data(), 1, heads, 1, d);
+                                     const auto kv = attnkit::bhsd(static_cast<const KV*>(kb.data()), 1, heads, lk, d);
+                                     const auto vv = attnkit::bhsd(static_cast<const KV*>(vb.data()), 1, heads, lk, d);
+                                     const auto ov = attnkit::bhsd(o.data(), 1, heads, 1, d);
                                      attnkit::attention(attnkit::softmax{}, qv, kv, vv, ov, opt);
-                                     benchmark::DoNotOptimize(o.data());
-                                   }
-                                   set_bandwidth_counters(st, 2.0 * static_cast<double>(kb.size()) * 2, t, timer.seconds());
-                                 })
-        ->Unit(benchmark::kMicrosecond);
+                                     const wall_timer timer;
+                                     for (auto _ : st) {
+                                       attnkit::attention(attnkit::softmax{}, qv, kv, vv, ov, opt);
+                                       benchmark::DoNotOptimize(o.data());
+                                     }
+                                     set_bandwidth_counters(st, 2.0 * static_cast<double>(kb.size()) * 2, t, timer.seconds());
+                                   })
+          ->Unit(benchmark::kMicrosecond);
+  };
+  decode_16bit(attnkit::bfloat16{}, "softmax_decode_bf16");
+  decode_16bit(attnkit::float16{}, "softmax_decode_fp16");
 }
 
 }  // namespace
