@@ -7,8 +7,10 @@
 /// dot16 (AVX-512, K as float, bfloat16 or float16): sixteen per-key accumulators
 /// whose lanes are summed together by one transposing shuffle tree (about 3
 /// instructions per key instead of ~8 for a separate lane sum per key). The sum
-/// order depends only on D, not on the storage type, so 16-bit K gives bitwise
-/// the result of float K holding the same values.
+/// order depends only on D, not on the storage type; the fp32 cache, which the
+/// decode path reads one row at a time (it streams better), uses dot1, which sums
+/// in the same order, so 16-bit K gives bitwise the result of float K holding the
+/// same values.
 ///
 /// dot16_bf16 (AVX512-BF16, `vdpbf16ps`; compiled in when the compiler targets it,
 /// e.g. -march=native on Zen 4/5, Cooper Lake, Sapphire Rapids): bf16 keys are not
