@@ -41,6 +41,9 @@ TEMPLATE_LIST_TEST_CASE("linear and LLN match the oracle", "[linear][lln][oracle
   o.key_lengths = lens;
   o.causal = causal::bottom_right;
   CHECK(compare_with_oracle<TestType>(linear{feature::elu_plus_one{}}, problem(2, 2, 1, 50, 100, 16, 8, 9), o).out <= tol);
+  CHECK(compare_with_oracle<TestType>(log_normal{}, problem(2, 2, 1, 50, 100, 16, 8, 9), o).out <= tol);
+  // β < 0: the key shift comes from each head's smallest key entry.
+  CHECK(compare_with_oracle<TestType>(log_normal{.alpha = 0.9, .beta = -0.6}, problem(2, 2, 1, 50, 100, 16, 8, 9), o).out <= tol);
 }
 
 namespace {
@@ -102,4 +105,48 @@ TEST_CASE("LLN's one-pass standard deviation holds on data far from zero", "[lln
     CHECK(std::abs(got - ref) <= 1e-9 * ref);
   }
   CHECK(detail::sample_std_of(view, 1) == detail::sample_std_of(view, 3));  // thread-count independent
+}
+
+TEST_CASE("LLN's key shift is the largest β·k over each head's valid keys", "[lln]") {
+  // The shift comes from per-head extremes gathered in the σ pass (fl(β·max k) for
+  // β > 0, fl(β·min k) for β < 0): it must equal the brute-force max of fl(β·k_j,d)
+  // over valid keys, NaN skipped, ±inf kept, rows past a key length ignored, and 0
+  // when no product is a number above −inf. D = 21 exercises the non-multiple-of-8 tail.
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  problem p(2, 4, 2, 9, 50, 21, 8, 41);
+  const index_t D = p.D, L = p.Lk;
+  auto at = [&](index_t b, index_t g, index_t j, index_t d) -> float& {
+    return p.k[static_cast<std::size_t>(((b * p.Hkv + g) * L + j) * D + d)];
+  };
+  at(0, 0, 3, 20) = std::numeric_limits<float>::quiet_NaN();
+  at(1, 1, 10, 2) = inf;   // valid key: β > 0 gives shift +inf
+  at(1, 0, 45, 7) = -inf;  // past batch 1's key length: ignored
+  at(0, 1, 29, 20) = 1e6f;  // last valid key of batch 0, in the tail
+  const std::int64_t lens[2] = {30, 40};
+  options o;
+  o.key_lengths = lens;
+  problem_shape sh{};
+  sh.batch = p.B, sh.q_heads = p.Hq, sh.kv_heads = p.Hkv, sh.q_len = p.Lq, sh.k_len = L, sh.head_dim = D, sh.value_dim = p.Dv;
+  for (const double beta : {1.3, -0.8, 0.0, 1e-3}) {
+    log_normal pol{.alpha = 1.0, .beta = beta};
+    detail::lln_feature_pair<simd::default_arch> f;
+    detail::lln_features<simd::default_arch>(pol, sh, p.qv(), p.kv(), o, f);
+    for (index_t b = 0; b < p.B; ++b)
+      for (index_t g = 0; g < p.Hkv; ++g) {
+        float m = -inf;
+        for (index_t j = 0; j < lens[b]; ++j)
+          for (index_t d = 0; d < D; ++d)
+            if (const float y = static_cast<float>(beta) * at(b, g, j, d); y > m) m = y;
+        INFO("beta " << beta << " batch " << b << " head " << g);
+        CHECK(f.shift[static_cast<std::size_t>(b * p.Hkv + g)] == (m == -inf ? 0.0f : m));
+      }
+  }
+  // σ over every entry (key lengths do not apply), D % 8 ≠ 0, against a two-pass sum.
+  problem s(2, 3, 3, 17, 17, 21, 8, 43, 2.0f);
+  const auto view = s.qv();
+  double mean = 0, m2 = 0;
+  for (float e : s.q) mean += e;
+  mean /= static_cast<double>(s.q.size());
+  for (float e : s.q) m2 += (e - mean) * (e - mean);
+  CHECK(std::abs(detail::sample_std_of(view, 2) - std::sqrt(m2 / static_cast<double>(s.q.size() - 1))) <= 1e-12 * std::sqrt(m2));
 }

@@ -4,6 +4,8 @@
 /// into resolved feature maps for run_kernelized. Built-in maps are vectorised
 /// with the arch's ops; user functors (feature::feature_map) are called in float.
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <numbers>
 #include <type_traits>
 #include <vector>
@@ -110,54 +112,112 @@ struct lln_feature {
   }
 };
 
-/// Sample standard deviation (n − 1) of every entry of a view, in double, in one
-/// pass over the data (it is read from memory, so passes cost more than flops):
-/// sums of x − s and (x − s)² with s the mean of the first row, then
-/// var = (Σ(x−s)² − (Σ(x−s))²/n) / (n − 1). In double the cancellation costs about
-/// ε·(μ − s)²/σ² relative: negligible unless the first row sits ~10⁶ σ from the
-/// mean. Rows are split by (batch, head) over the thread pool with sixteen
-/// independent accumulators each (one running sum is latency-bound); partial sums
-/// are combined in a fixed order, so the result does not depend on the thread count.
-template <class T>
-double sample_std_of(const tensor_view<const T>& t, int threads) {
+/// What one pass over a view yields: the sample standard deviation (n − 1) of all
+/// its entries and, when asked for, each (batch, head)'s largest and smallest entry
+/// over the rows [0, rows(batch)) (NaN skipped, ±inf kept).
+struct view_moments {
+  double std = 0;
+  std::vector<float> max, min;  ///< [batch · heads]; empty unless extremes were asked for
+};
+
+/// One pass over a view, in double: sums of x − s and (x − s)² with s the mean of the
+/// first row, var = (Σ(x−s)² − (Σ(x−s))²/n) / (n − 1). In double the cancellation
+/// costs about ε·(μ − s)²/σ² relative: negligible unless the first row sits ~10⁶ σ
+/// from the mean. The pass reads all of Q or K from memory, so it is written to run
+/// at memory speed: eight floats at a time are widened in registers (vcvtps2pd on
+/// x86) into eight independent double accumulators — a scalar loop here cost LLN
+/// ~17% of its time. Rows are split by (batch, head) over the thread pool and the
+/// partial sums combined in a fixed order: the result does not depend on the thread
+/// count. `rows(b)` (extremes only) bounds the rows whose extremes count.
+template <class T, class Rows>
+view_moments moments_of(const tensor_view<const T>& t, int threads, bool extremes, Rows rows) {
+  using f8 = float __attribute__((vector_size(32)));
+  using d8 = double __attribute__((vector_size(64)));
   const index_t B = t.batch(), H = t.heads(), L = t.seq(), D = t.dim();
   const double n = static_cast<double>(B * H * L * D);
-  if (n < 2) return 0.0;
+  view_moments out;
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  if (extremes) {
+    out.max.assign(static_cast<std::size_t>(B * H), -inf);
+    out.min.assign(static_cast<std::size_t>(B * H), inf);
+  }
+  if (B * H * L * D == 0) return out;
   double pilot = 0;
   for (index_t d = 0; d < D; ++d) pilot += static_cast<double>(to_float(t.row(0, 0, 0)[d]));
   pilot /= static_cast<double>(D);
   if (!std::isfinite(pilot)) pilot = 0;  // NaN/Inf data: the sums below carry it
   std::vector<double> part1(static_cast<std::size_t>(B * H)), part2(part1.size());
   parallel_for(B * H, threads, [&](index_t bh) {
-    constexpr int U = 16;  // independent accumulators: enough to hide the add latency
-    double s1[U] = {}, s2[U] = {};
+    constexpr int U = 4;  // 4 × 8 lanes for each sum: enough to hide the add latency
+    d8 s1[U] = {}, s2[U] = {};
+    f8 hi = f8{} - inf, lo = f8{} + inf;
+    double t1 = 0, t2 = 0;  // the D % 8 tail
+    float thi = -inf, tlo = inf;
+    const d8 pv = d8{} + pilot;
+    const index_t tracked = extremes ? std::min<index_t>(std::max<index_t>(rows(bh / H), 0), L) : 0;
+    thread_local aligned_vector<float> wide;  // 16-bit rows, widened
+    if constexpr (!std::is_same_v<T, float>)
+      if (wide.size() < static_cast<std::size_t>(D)) wide.resize(static_cast<std::size_t>(D));
+    auto step = [&](const float* p, int u, bool track) {
+      f8 x;
+      std::memcpy(&x, p, sizeof x);
+      if (track) {  // x > hi is false for NaN: NaN never replaces an extreme
+        hi = x > hi ? x : hi;
+        lo = x < lo ? x : lo;
+      }
+      const d8 y = __builtin_convertvector(x, d8) - pv;
+      s1[u] += y;
+      s2[u] += y * y;
+    };
     for (index_t s = 0; s < L; ++s) {
-      const T* r = t.row(bh / H, bh % H, s);
+      const float* r;
+      if constexpr (std::is_same_v<T, float>) {
+        r = t.row(bh / H, bh % H, s);
+      } else {
+        widen(t.row(bh / H, bh % H, s), wide.data(), D);
+        r = wide.data();
+      }
+      const bool track = s < tracked;
       index_t d = 0;
-      for (; d + U <= D; d += U)
-        for (int u = 0; u < U; ++u) {
-          const double x = static_cast<double>(to_float(r[d + u])) - pilot;
-          s1[u] += x;
-          s2[u] += x * x;
-        }
+      for (; d + 8 * U <= D; d += 8 * U)
+        for (int u = 0; u < U; ++u) step(r + d + 8 * u, u, track);
+      for (; d + 8 <= D; d += 8) step(r + d, 0, track);
       for (; d < D; ++d) {
-        const double x = static_cast<double>(to_float(r[d])) - pilot;
-        s1[0] += x;
-        s2[0] += x * x;
+        const double y = static_cast<double>(r[d]) - pilot;
+        t1 += y;
+        t2 += y * y;
+        if (track) {
+          thi = r[d] > thi ? r[d] : thi;
+          tlo = r[d] < tlo ? r[d] : tlo;
+        }
       }
     }
-    auto sum = [](const double* a) {
-      double x = 0;
-      for (int u = 0; u < U; ++u) x += a[u];
-      return x;
-    };
-    part1[static_cast<std::size_t>(bh)] = sum(s1);
-    part2[static_cast<std::size_t>(bh)] = sum(s2);
+    for (int u = 1; u < U; ++u) s1[0] += s1[u], s2[0] += s2[u];
+    for (int l = 0; l < 8; ++l) {
+      t1 += s1[0][l];
+      t2 += s2[0][l];
+      thi = hi[l] > thi ? hi[l] : thi;
+      tlo = lo[l] < tlo ? lo[l] : tlo;
+    }
+    part1[static_cast<std::size_t>(bh)] = t1;
+    part2[static_cast<std::size_t>(bh)] = t2;
+    if (extremes) {
+      out.max[static_cast<std::size_t>(bh)] = thi;
+      out.min[static_cast<std::size_t>(bh)] = tlo;
+    }
   });
+  if (n < 2) return out;
   double S1 = 0, S2 = 0;
   for (std::size_t x = 0; x < part1.size(); ++x) S1 += part1[x], S2 += part2[x];
   const double var = (S2 - S1 * S1 / n) / (n - 1);
-  return std::sqrt(var < 0 ? 0.0 : var);  // NaN data stays NaN
+  out.std = std::sqrt(var < 0 ? 0.0 : var);  // NaN data stays NaN
+  return out;
+}
+
+/// Sample standard deviation (n − 1) of every entry of a view (moments_of).
+template <class T>
+double sample_std_of(const tensor_view<const T>& t, int threads) {
+  return moments_of(t, threads, false, [](index_t) { return index_t{0}; }).std;
 }
 
 /// Options the kernelised family understands: causal (prefix), key_lengths, scale
@@ -226,46 +286,21 @@ void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_v
                   const tensor_view<const KV>& k, const options& opt, lln_feature_pair<Arch>& f) {
   lln_coefficients c{pol.alpha.value_or(1.0), pol.beta.value_or(1.0)};
   const int threads = resolve_num_threads(opt.num_threads);
-  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q, threads), sample_std_of(k, threads));
-  // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio. β·x is
-  // formed in double only when β is beyond float range (tiny σ, e.g. subnormal keys).
+  // One pass over K gives σk and each (batch, kv head)'s extremes over its valid keys.
+  const view_moments mk = moments_of(k, threads, true, [&](index_t b) { return keys_of_batch(opt, b, sh.q_len, sh.k_len).lk; });
+  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q, threads), mk.std);
+  // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio.
+  // Rounding is monotone, so max_j fl(β·k_j) = fl(β·max k) for β > 0 and fl(β·min k)
+  // for β < 0: the extremes give it without a second pass. β·x is formed in double
+  // only when β is beyond float range (tiny σ, e.g. subnormal keys). A NaN product
+  // (β = 0 against ±inf, NaN β) or −inf (no valid key) leaves the shift at 0.
   f.shift.assign(static_cast<std::size_t>(sh.batch * sh.kv_heads), 0.0f);
   const bool wide = !(std::abs(c.beta) < 1e30);
-  const float beta = wide ? 0.0f : static_cast<float>(c.beta);
-  float* shift = f.shift.data();
-  // Explicit vectors: GCC 12 -O2 leaves this reduction scalar, and it reads all of K.
-  // NaN products are skipped (x86 max keeps its second operand), as std::max does.
-  parallel_for(sh.batch * sh.kv_heads, threads, [&](index_t bg) {
-    using O = simd::ops<Arch>;
-    constexpr int W = O::width;
-    const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads, D = sh.head_dim;
-    const index_t lk = keys_of_batch(opt, b, sh.q_len, sh.k_len).lk;
-    constexpr float ninf = -std::numeric_limits<float>::infinity();
-    thread_local aligned_vector<float> wide_row;  // 16-bit rows, widened
-    if constexpr (!std::is_same_v<KV, float>)
-      if (wide_row.size() < static_cast<std::size_t>(D)) wide_row.resize(static_cast<std::size_t>(D));
-    auto mv = O::set1(ninf);
-    const auto bv = O::set1(beta);
-    float ms = ninf;
-    for (index_t j = 0; j < lk; ++j) {
-      const float* x;
-      if constexpr (std::is_same_v<KV, float>) {
-        x = k.row(b, g, j);
-      } else {
-        widen(k.row(b, g, j), wide_row.data(), D);
-        x = wide_row.data();
-      }
-      index_t d = 0;
-      if (!wide)
-        for (; d + W <= D; d += W) mv = O::max(O::load(x + d) * bv, mv);
-      for (; d < D; ++d) {
-        const float y = wide ? static_cast<float>(c.beta * static_cast<double>(x[d])) : beta * x[d];
-        ms = std::max(ms, y);
-      }
-    }
-    const float mx = std::max(O::reduce_max(mv), ms);
-    shift[bg] = mx == ninf ? 0.0f : mx;
-  });
+  for (std::size_t bg = 0; bg < f.shift.size(); ++bg) {
+    const float x = c.beta > 0 ? mk.max[bg] : mk.min[bg];
+    const float y = wide ? static_cast<float>(c.beta * static_cast<double>(x)) : static_cast<float>(c.beta) * x;
+    if (y == y && y != -std::numeric_limits<float>::infinity()) f.shift[bg] = y;
+  }
   f.q = lln_feature<Arch>{c.alpha, sh.head_dim, nullptr, sh.kv_heads};
   f.k = lln_feature<Arch>{c.beta, sh.head_dim, &f.shift, sh.kv_heads};
 }
