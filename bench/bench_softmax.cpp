@@ -33,7 +33,7 @@ template <class Policy>
 void bm_prefill(benchmark::State& st, Policy pol, index_t n, index_t d, bool causal, int threads) {
   const auto sz = static_cast<std::size_t>(heads * n * d);
   const auto q = random_vector(sz, 1), k = random_vector(sz, 2), v = random_vector(sz, 3);
-  std::vector<float> o(sz);
+  buffer<float> o(sz);
   attnkit::options opt;
   opt.causal = causal ? attnkit::causal::bottom_right : attnkit::causal::none;
   opt.num_threads = threads;
@@ -56,7 +56,7 @@ void bm_decode(benchmark::State& st, index_t lk, index_t d, int threads) {
   const auto kv_size = static_cast<std::size_t>(heads * lk * d);
   const auto q = random_vector(static_cast<std::size_t>(heads * d), 1);
   const auto k = random_vector(kv_size, 2), v = random_vector(kv_size, 3);
-  std::vector<float> o(static_cast<std::size_t>(heads * d));
+  buffer<float> o(static_cast<std::size_t>(heads * d));
   attnkit::options opt;
   opt.num_threads = threads;
   const auto qv = attnkit::bhsd(q.data(), 1, heads, 1, d), kv = attnkit::bhsd(k.data(), 1, heads, lk, d),
@@ -82,7 +82,7 @@ void bm_eigen_naive(benchmark::State& st, index_t n, index_t d) {
   Eigen::setNbThreads(1);
   const auto sz = static_cast<std::size_t>(heads * n * d);
   const auto q = random_vector(sz, 1), k = random_vector(sz, 2), v = random_vector(sz, 3);
-  std::vector<float> o(sz);
+  buffer<float> o(sz);
   mat s(n, n);
   Eigen::VectorXf row_max(n), row_sum(n);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));

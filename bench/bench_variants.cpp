@@ -34,7 +34,7 @@ using attnkit::index_t;
 constexpr index_t heads = 8, dim = 64;
 
 struct inputs {
-  std::vector<float> q, k, v, o;
+  buffer<float> q, k, v, o;
   explicit inputs(index_t n)
       : q(random_vector(static_cast<std::size_t>(heads * n * dim), 1)),
         k(random_vector(static_cast<std::size_t>(heads * n * dim), 2)),
@@ -181,13 +181,13 @@ void register_all(bool quick) {
                                      const index_t lk = 4096, d = 128;
                                      const auto kf = random_vector(static_cast<std::size_t>(heads * lk * d), 2);
                                      const auto vf = random_vector(static_cast<std::size_t>(heads * lk * d), 3);
-                                     std::vector<KV> kb(kf.size()), vb(vf.size());
+                                     buffer<KV> kb(kf.size()), vb(vf.size());
                                      for (std::size_t i = 0; i < kf.size(); ++i) {
                                        kb[i] = KV::from_float(kf[i]);
                                        vb[i] = KV::from_float(vf[i]);
                                      }
                                      const auto q = random_vector(static_cast<std::size_t>(heads * d), 1);
-                                     std::vector<float> o(static_cast<std::size_t>(heads * d));
+                                     buffer<float> o(static_cast<std::size_t>(heads * d));
                                      attnkit::options opt;
                                      opt.num_threads = t;
                                      const auto qv = attnkit::bhsd(q.data(), 1, heads, 1, d);

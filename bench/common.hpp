@@ -344,8 +344,27 @@ inline void fill_random(float* p, std::size_t n, std::uint64_t seed, float sigma
   }
 }
 
-inline std::vector<float> random_vector(std::size_t n, std::uint64_t seed, float sigma = 1.0f) {
-  std::vector<float> v(n);
+/// Tensor storage of the benchmarks: 64-byte aligned, as PyTorch, NumPy (large
+/// arrays) and Eigen allocate, so a token row of D = 64 floats is four whole cache
+/// lines. (std::vector's large blocks start 16 bytes past a page boundary; kernels
+/// that read rows in scattered order, such as stochastic permutation, then touch a
+/// fifth line per row.)
+template <class T>
+struct aligned64 {
+  using value_type = T;
+  aligned64() noexcept = default;
+  template <class U>
+  aligned64(const aligned64<U>&) noexcept {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+  template <class U>
+  bool operator==(const aligned64<U>&) const noexcept { return true; }
+};
+template <class T>
+using buffer = std::vector<T, aligned64<T>>;
+
+inline buffer<float> random_vector(std::size_t n, std::uint64_t seed, float sigma = 1.0f) {
+  buffer<float> v(n);
   fill_random(v.data(), n, seed, sigma);
   return v;
 }

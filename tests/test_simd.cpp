@@ -134,6 +134,41 @@ TEMPLATE_LIST_TEST_CASE("transpose_16 and any_nonfinite equal plain loops", "[si
   CHECK_FALSE(simd::any_nonfinite<TestType>(x.data(), 37));
 }
 
+TEMPLATE_LIST_TEST_CASE("transpose_16 of scattered rows, copy_probe and fill equal plain loops", "[simd]",
+                        simd::compiled_archs) {
+  // Rows in a scrambled order (the packing of a reordered call), dims with a tail.
+  for (long dim : {3L, 16L, 21L, 64L}) {
+    const long ld = 48;
+    std::vector<float> src(static_cast<std::size_t>(40 * dim)), dst(static_cast<std::size_t>(dim * ld), -1.0f);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i) * 0.25f - 3.0f;
+    const float* rows[16];
+    for (int i = 0; i < 16; ++i) rows[i] = src.data() + ((i * 7 + 3) % 40) * dim;
+    simd::transpose_16<TestType>(rows, dim, dst.data(), ld);
+    for (long d = 0; d < dim; ++d)
+      for (long i = 0; i < ld; ++i) {
+        const float want = i < 16 ? rows[i][d] : -1.0f;
+        REQUIRE(dst[static_cast<std::size_t>(d * ld + i)] == want);
+      }
+  }
+  for (long n : {0L, 5L, 16L, 37L}) {  // empty, tail only, one vector, vectors + tail
+    std::vector<float> x(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n) + 1, -2.0f);
+    for (long i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = static_cast<float>(i) - 4.5f;
+    CHECK_FALSE(simd::copy_probe<TestType>(x.data(), y.data(), n));
+    for (long i = 0; i < n; ++i) REQUIRE(y[static_cast<std::size_t>(i)] == x[static_cast<std::size_t>(i)]);
+    CHECK(y[static_cast<std::size_t>(n)] == -2.0f);  // nothing past n is written
+    for (long at = 0; at < n; at += 6)
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+        std::vector<float> z = x;
+        z[static_cast<std::size_t>(at)] = bad;
+        CHECK(simd::copy_probe<TestType>(z.data(), y.data(), n));
+      }
+    std::vector<float> f(static_cast<std::size_t>(n) + 1, 7.0f);
+    simd::fill<TestType>(f.data(), -0.5f, n);
+    for (long i = 0; i < n; ++i) REQUIRE(f[static_cast<std::size_t>(i)] == -0.5f);
+    CHECK(f[static_cast<std::size_t>(n)] == 7.0f);
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("decode kernels (dot16, dot16_bf16, pv_rows_kv) equal float64 loops", "[simd][dtype]", simd::compiled_archs) {
   INFO("arch " << simd::arch_name<TestType>() << ", AVX512-BF16 " << simd::has_native_bf16_dot<TestType>);
   // Logits: q split into two bf16 halves leaves |r| <= 2^-18·|q| per element, then

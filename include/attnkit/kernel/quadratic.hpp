@@ -28,6 +28,7 @@
 #include "../policy/family.hpp"
 #include "../policy/softmax.hpp"
 #include "../simd/microkernel.hpp"
+#include "../simd/transpose.hpp"
 
 namespace attnkit::detail {
 
@@ -127,6 +128,8 @@ struct packed_kv {
     src_v = &v;
     src_rows = &source;
     pack_fn = &pack_tile_of<KV, Source>;
+    prefetch_fn = &prefetch_sources_of<KV, Source>;
+    is_lazy = lazy;
     if (lazy) return;
     parallel_for(B * G, threads, [&](index_t bg) {
       for (index_t kb = 0; kb < key_tiles; ++kb) state[bg * key_tiles + kb] = pack_tile_of<KV, Source>(*this, bg, kb) ? 3 : 2;
@@ -149,11 +152,38 @@ struct packed_kv {
     return x == 3;
   }
 
+  /// Lazy packing only: asks for the source K/V rows of keys [kb·BN + from,
+  /// kb·BN + to) of head bg (clipped to Lk) while the tile is not packed yet. A
+  /// task calls it for the tile its next task will pack, a slice per key tile of
+  /// its own, so the pack finds its rows in cache instead of stalling on them.
+  void prefetch_sources(index_t bg, index_t kb, int from, int to) const {
+    if (!is_lazy || kb < 0 || kb >= key_tiles || from >= to) return;
+    if (std::atomic_ref<unsigned char>(state[bg * key_tiles + kb]).load(std::memory_order_relaxed) != 0) return;
+    prefetch_fn(*this, bg, kb, from, to);
+  }
+
  private:
   const void* src_k = nullptr;
   const void* src_v = nullptr;
   const void* src_rows = nullptr;
   bool (*pack_fn)(const packed_kv&, index_t, index_t) = nullptr;
+  void (*prefetch_fn)(const packed_kv&, index_t, index_t, int, int) = nullptr;
+  bool is_lazy = false;
+
+  template <class KV, class Source>
+  static void prefetch_sources_of(const packed_kv& self, index_t bg, index_t kb, int from, int to) {
+    if constexpr (!Source::identity) return;  // the pack prefetches scattered rows itself
+    const auto& k = *static_cast<const tensor_view<const KV>*>(self.src_k);
+    const auto& v = *static_cast<const tensor_view<const KV>*>(self.src_v);
+    const Source& source = *static_cast<const Source*>(self.src_rows);
+    const index_t G = k.heads(), b = bg / G, g = bg % G;
+    const index_t j1 = std::min<index_t>(k.seq(), kb * BN + to);
+    for (index_t j = kb * BN + from; j < j1; ++j) {
+      const index_t src = source(g, j);
+      prefetch_row(k.row(b, g, src), static_cast<std::size_t>(self.dim) * sizeof(KV));
+      prefetch_row(v.row(b, g, src), static_cast<std::size_t>(v.dim()) * sizeof(KV));
+    }
+  }
 
   /// Packs keys [kb·BN, kb·BN + BN) of head bg (zeros past Lk); true when a V row
   /// holds a NaN or Inf.
@@ -167,23 +197,46 @@ struct packed_kv {
     float* panel = self.kt + bg * self.k_head_size() + kb * dim * BN;
     float* vh = self.vr + bg * self.v_head_size();
     bool nonfinite = false;
-    const index_t j1 = std::min<index_t>(Lk, (kb + 1) * BN);
-    for (index_t j = kb * BN; j < j1; ++j) {
-      if constexpr (!Source::identity) {
-        // Reordered rows defeat the hardware prefetcher: ask for a later pair.
-        if (j + 8 < Lk) {
-          const index_t ahead = source(g, j + 8);
-          prefetch_row(k.row(b, g, ahead), static_cast<std::size_t>(dim) * sizeof(KV));
-          prefetch_row(v.row(b, g, ahead), static_cast<std::size_t>(Dv) * sizeof(KV));
+    const index_t j0 = kb * BN, j1 = std::min<index_t>(Lk, (kb + 1) * BN);
+    // Half-precision keys are widened into this buffer first, 16 rows at a time.
+    thread_local aligned_vector<float> wide;
+    if constexpr (!std::is_same_v<KV, float>)
+      if (wide.size() < static_cast<std::size_t>(16 * dim)) wide.resize(static_cast<std::size_t>(16 * dim));
+    for (index_t jg = j0; jg < j1; jg += 16) {
+      const int n = static_cast<int>(std::min<index_t>(16, j1 - jg));
+      const float* krow[16];
+      for (int i = 0; i < n; ++i) {
+        const index_t j = jg + i, src = source(g, j);
+        if constexpr (!Source::identity) {
+          // Reordered rows defeat the hardware prefetcher: ask for a later pair.
+          if (j + 16 < Lk) {
+            const index_t ahead = source(g, j + 16);
+            prefetch_row(k.row(b, g, ahead), static_cast<std::size_t>(dim) * sizeof(KV));
+            prefetch_row(v.row(b, g, ahead), static_cast<std::size_t>(Dv) * sizeof(KV));
+          }
         }
+        if constexpr (std::is_same_v<KV, float>) {
+          krow[i] = k.row(b, g, src);
+        } else {
+          widen(k.row(b, g, src), wide.data() + i * dim, dim);
+          krow[i] = wide.data() + i * dim;
+        }
+        float* vrow = vh + j * Dvp;
+        if constexpr (std::is_same_v<KV, float>) {
+          nonfinite = simd::copy_probe<Arch>(v.row(b, g, src), vrow, Dv) || nonfinite;
+        } else {
+          widen(v.row(b, g, src), vrow, Dv);
+          nonfinite = simd::any_nonfinite<Arch>(vrow, Dv) || nonfinite;
+        }
+        std::fill(vrow + Dv, vrow + Dvp, 0.0f);
       }
-      const index_t src = source(g, j);
-      const KV* kr = k.row(b, g, src);
-      for (index_t d = 0; d < dim; ++d) panel[d * BN + (j % BN)] = to_float(kr[d]);
-      float* vrow = vh + j * Dvp;
-      widen(v.row(b, g, src), vrow, Dv);
-      nonfinite = nonfinite || simd::any_nonfinite<Arch>(vrow, Dv);
-      std::fill(vrow + Dv, vrow + Dvp, 0.0f);
+      // Kᵀ: whole groups of 16 keys through a register transpose, the tail by element.
+      if (n == 16) {
+        simd::transpose_16<Arch>(krow, dim, panel + (jg - j0), BN);
+      } else {
+        for (int i = 0; i < n; ++i)
+          for (index_t d = 0; d < dim; ++d) panel[d * BN + (jg - j0) + i] = krow[i][d];
+      }
     }
     for (index_t j = j1; j < (kb + 1) * BN; ++j) {  // tail keys: zero K columns and V rows
       for (index_t d = 0; d < dim; ++d) panel[d * BN + (j % BN)] = 0.0f;
@@ -709,7 +762,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   constexpr int W = tile::width;
   if constexpr (normalized) {
     grow(sc.lvec, static_cast<std::size_t>(n * W));
-    std::fill_n(sc.lvec.data(), n * W, 0.0f);
+    simd::fill<Arch>(sc.lvec.data(), 0.0f, n * W);
   }
   const int K = c.obs_topk;
   if constexpr (Obs::enabled) {
@@ -748,7 +801,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     sc.l[r] = 0.0f;
     sc.t[r] = 0.0f;
   }
-  std::fill_n(sc.o.data(), n * Dvp, 0.0f);
+  simd::fill<Arch>(sc.o.data(), 0.0f, n * Dvp);
   if constexpr (requires { c.keys.prepare(c, sc, b, h, bk, row0, n); }) {
     // A data-dependent pattern decides the block's keys from its logits (top_k) and
     // may narrow the rows' intervals.
@@ -786,30 +839,48 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     }
     if (sk.hi_hi > sk.lo_lo) strips.push_back(sk);  // else: empty for every row
   }
-  // Reordered rows are scattered over memory, and a burst of row misses at the
-  // block's start (Q) and end (O) would stall: spread their prefetches over the
-  // key tiles instead (this block's output rows, the next block's query rows).
-  [[maybe_unused]] int pf_out = 0, pf_next = 0, pf_step = 0;
-  if constexpr (reordered) {
-    const index_t tiles = std::max<index_t>(1, (hi_max - lo_min + BN - 1) / BN);
-    pf_step = static_cast<int>((std::max(n, next.n) + tiles - 1) / tiles);
+  // Q rows are read at the block's start and O rows written at its end; left to
+  // the hardware prefetcher, each is a burst of misses that stalls the core (in a
+  // banded call, where a block does little work, a tenth of the time). So are the
+  // source K/V rows of a lazily packed tile. Their prefetches are spread over the
+  // block's strip steps instead, a few lines each: this block's output rows, the
+  // next block's query rows (reordered rows are scattered, so the hardware could
+  // not find them at all) and, when the next task continues this head's rows, the
+  // tile after this block's last one, which that task will pack.
+  index_t steps = 0;
+  for (const strip_keys& sk : strips) steps += (sk.hi_hi + BN - 1) / BN - sk.lo_lo / BN;
+  steps = std::max<index_t>(steps, 1);
+  const int pf_rows = static_cast<int>((std::max(n, next.n) + steps - 1) / steps);
+  int pf_out = 0, pf_next = 0, pf_key = BN, pf_keys = 0;
+  index_t pf_tile = -1;
+  if (next.n > 0 && next.b == b && next.h == h && next.row0 == row0 + n && hi_max > lo_min) {
+    pf_tile = (hi_max - 1) / BN + 1;
+    pf_key = 0;
+    pf_keys = static_cast<int>((BN + steps - 1) / steps);
   }
+  const auto prefetch_some = [&] {
+    const auto vbytes = static_cast<std::size_t>(sh.value_dim) * sizeof(float);
+    for (int e = pf_out + pf_rows; pf_out < std::min(n, e); ++pf_out)
+      prefetch_row_for_write(c.out.row(b, h, token(row0 + pf_out)), vbytes);
+    for (int e = pf_next + pf_rows; pf_next < std::min(next.n, e); ++pf_next) {
+      index_t i = next.row0 + pf_next;
+      if constexpr (reordered) i = c.keys.token(next.h, i);
+      prefetch_row(c.q.row(next.b, next.h, i), static_cast<std::size_t>(D) * sizeof(float));
+    }
+    if (pf_key < BN) {
+      c.kv.prefetch_sources(bg, pf_tile, pf_key, pf_key + pf_keys);
+      pf_key += pf_keys;
+    }
+  };
   for (index_t kb = lo_min / BN; kb * BN < hi_max; ++kb) {
     const index_t j0 = kb * BN;
-    if constexpr (reordered) {
-      const auto vbytes = static_cast<std::size_t>(sh.value_dim) * sizeof(float);
-      for (int e = pf_out + pf_step; pf_out < std::min(n, e); ++pf_out)
-        prefetch_row_for_write(c.out.row(b, h, token(row0 + pf_out)), vbytes);
-      for (int e = pf_next + pf_step; pf_next < std::min(next.n, e); ++pf_next)
-        prefetch_row(c.q.row(next.b, next.h, c.keys.token(next.h, next.row0 + pf_next)),
-                     static_cast<std::size_t>(D) * sizeof(float));
-    }
     const float* kpanel = khead + kb * D * BN;
     const float* vtile = vhead + j0 * Dvp;
     const bool vbad = c.kv.ensure(bg, kb);
     for (const strip_keys& sk : strips) {
       const int r0 = sk.r0, R = sk.rows;
       if (sk.hi_hi <= j0 || sk.lo_lo >= j0 + BN) continue;  // empty for every row
+      prefetch_some();
       bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
       bool pp = false;
       if constexpr (Keys::active) {

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// Transposes a block of 16 rows into 16-wide columns: feature rows of 16 keys
-/// into a key-major panel (φ(K)ᵀ for the kernelised skeleton). The scalar form
+/// Transposes a block of 16 rows into 16-wide columns: key rows of 16 keys into a
+/// key-major panel (Kᵀ for the quadratic skeleton, φ(K)ᵀ for the kernelised one). The scalar form
 /// stores each element to a different panel row, 16 cache lines per key; on
 /// AVX-512 a 16×16 register transpose writes whole lines.
 #include <cstddef>
@@ -15,16 +15,16 @@
 
 namespace attnkit::simd {
 
-/// dst[d · ld + i] = src[i · src_stride + d] for i < 16 and d < dim.
+/// dst[d · ld + i] = rows[i][d] for i < 16 and d < dim (rows anywhere in memory:
+/// the packed K of a reordered call reads its keys through a permutation).
 template <class Arch>
-inline void transpose_16(const float* src, std::ptrdiff_t src_stride, std::ptrdiff_t dim, float* dst,
-                         std::ptrdiff_t ld) noexcept {
+inline void transpose_16(const float* const* rows, std::ptrdiff_t dim, float* dst, std::ptrdiff_t ld) noexcept {
   std::ptrdiff_t d0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
     for (; d0 + 16 <= dim; d0 += 16) {
       __m512 r[16], t[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_stride + d0);
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i] + d0);
       // Within each 128-bit lane L: rows interleaved in pairs, then in fours, so
       // r[4g + c] lane L holds column 4L + c of rows 4g..4g+3.
       for (int i = 0; i < 16; i += 2) {
@@ -51,7 +51,16 @@ inline void transpose_16(const float* src, std::ptrdiff_t src_stride, std::ptrdi
   }
 #endif
   for (; d0 < dim; ++d0)
-    for (int i = 0; i < 16; ++i) dst[d0 * ld + i] = src[i * src_stride + d0];
+    for (int i = 0; i < 16; ++i) dst[d0 * ld + i] = rows[i][d0];
+}
+
+/// dst[d · ld + i] = src[i · src_stride + d] for i < 16 and d < dim.
+template <class Arch>
+inline void transpose_16(const float* src, std::ptrdiff_t src_stride, std::ptrdiff_t dim, float* dst,
+                         std::ptrdiff_t ld) noexcept {
+  const float* rows[16];
+  for (int i = 0; i < 16; ++i) rows[i] = src + i * src_stride;
+  transpose_16<Arch>(rows, dim, dst, ld);
 }
 
 }  // namespace attnkit::simd
