@@ -256,6 +256,7 @@ struct strip_keys {
 /// Per-thread scratch of one query block; reused across calls, grown on demand.
 struct block_scratch {
   aligned_vector<float> q, o, p, tile;
+  aligned_vector<float> band;  ///< a whole strip's logits / weights (band_strip)
   aligned_vector<float> m, l, t, row_scale, first, topk;
   aligned_vector<float> lvec;  ///< per row, one vector of partial softmax denominators
   aligned_vector<index_t> lo, hi, count;
@@ -305,6 +306,9 @@ struct quadratic_call {
   /// Allowed-key counts come from counting finite logits (masks, patterns) rather
   /// than from the analytic interval.
   bool count_dynamic = false;
+  /// Every row sees at most this many keys (a local window or banded pattern), 0:
+  /// unbounded. Narrow bands take band_strip.
+  index_t band = 0;
 };
 
 template <class Pol>
@@ -528,6 +532,43 @@ inline void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch
   }
 }
 
+/// The pattern's own test on a tile it classifies partial, applied to a strip's
+/// logit vectors (masked → −inf): a value filter (top_k) or the element test.
+template <class Arch, int R, int NC, class Pol, class Keys>
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, int r0, index_t row0, index_t j0, index_t b,
+                                  index_t h, typename simd::ops<Arch>::vf (&acc)[R][NC]) {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  if constexpr (requires { c.keys.template filter<Arch, NC>(b, h, row0, j0, acc[0]); }) {
+    for (int r = 0; r < R; ++r)  // value-based test on the row's logits (top_k)
+      if (row0 + r0 + r < c.shape.q_len) c.keys.template filter<Arch, NC>(b, h, row0 + r0 + r, j0, acc[r]);
+  } else {  // the pattern's element test on a tile it calls partial
+    alignas(64) float t[NC * W];
+    for (int r = 0; r < R; ++r) {
+      // Padding rows of the last strip and keys past Lk never reach the pattern:
+      // its hooks may index per-row or per-key tables (found by ASan).
+      const index_t row = row0 + r0 + r;
+      if (row >= c.shape.q_len) continue;
+      for (int k = 0; k < NC; ++k) O::store(t + k * W, acc[r][k]);
+      for (int jj = 0; jj < NC * W; ++jj) {
+        const index_t j = j0 + jj;
+        if (j >= c.shape.k_len)
+          t[jj] = neg_inf;
+        else if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); }) {  // additive: −inf masks
+          const float a = c.keys.adjust(b, h, row, j);
+          t[jj] = a == neg_inf ? neg_inf : t[jj] + a * log2e;  // assigned: a masked NaN logit stays masked
+        }
+        else if (!c.keys.allowed(b, h, row, j))
+          t[jj] = neg_inf;
+      }
+      for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + k * W);
+    }
+  }
+}
+
 /// One strip of R rows against one key tile: S, mask, weights, O update. With
 /// NK < key_vectors only the NK vectors of keys from j0 on are computed (kpanel and
 /// vtile point at key j0 inside the tile; P keeps the full tile's row stride): the
@@ -547,35 +588,8 @@ void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int
   vf acc[R][NC];
   strip_logits<Arch, R, Masked>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
 
-  if constexpr (Masked && Keys::active) {
-    if (pattern_partial) {
-      if constexpr (requires { c.keys.template filter<Arch, NC>(b, h, row0, j0, acc[0]); }) {
-        for (int r = 0; r < R; ++r)  // value-based test on the row's logits (top_k)
-          if (row0 + r0 + r < c.shape.q_len) c.keys.template filter<Arch, NC>(b, h, row0 + r0 + r, j0, acc[r]);
-      } else {  // the pattern's element test on a tile it calls partial
-        alignas(64) float t[NC * W];
-        for (int r = 0; r < R; ++r) {
-          // Padding rows of the last strip and keys past Lk never reach the pattern:
-          // its hooks may index per-row or per-key tables (found by ASan).
-          const index_t row = row0 + r0 + r;
-          if (row >= c.shape.q_len) continue;
-          for (int k = 0; k < NC; ++k) O::store(t + k * W, acc[r][k]);
-          for (int jj = 0; jj < NC * W; ++jj) {
-            const index_t j = j0 + jj;
-            if (j >= c.shape.k_len)
-              t[jj] = neg_inf;
-            else if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); }) {  // additive: −inf masks
-              const float a = c.keys.adjust(b, h, row, j);
-              t[jj] = a == neg_inf ? neg_inf : t[jj] + a * log2e;  // assigned: a masked NaN logit stays masked
-            }
-            else if (!c.keys.allowed(b, h, row, j))
-              t[jj] = neg_inf;
-          }
-          for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + k * W);
-        }
-      }
-    }
-  }
+  if constexpr (Masked && Keys::active)
+    if (pattern_partial) apply_pattern_partial<Arch, R>(c, r0, row0, j0, b, h, acc);
   (void)pattern_partial;
   if constexpr (Obs::enabled) {
     if (c.count_dynamic)
@@ -711,6 +725,150 @@ void strip_dispatch(bool masked, const quadratic_call<Arch, Pol, Keys>& c, block
   (void)c0, (void)c1;
   strip_step<Arch, Pol, Obs, R, true, NC>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial,
                                           v_nonfinite);
+}
+
+/// Logits of one strip against key vectors [c0, c1) of the tile at j0, stored to the
+/// strip's logit rows `srow` (row stride `ss`, key j0 + k·W at srow + (j0 − js) +
+/// k·W): masked (options and pattern) unless `full`, −inf where the pattern says the
+/// tile is empty for the strip.
+template <class Arch, class Pol, int R, int NK, class Keys>
+void band_tile_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
+                      const float* kpanel, index_t b, index_t h, batch_keys bk, bool full, bool partial, float* srow,
+                      index_t ss) {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  typename O::vf acc[R][NK];
+  if (full) {
+    strip_logits<Arch, R, false>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
+  } else {
+    strip_logits<Arch, R, true>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
+    if constexpr (Keys::active)
+      if (partial) apply_pattern_partial<Arch, R>(c, r0, row0, j0, b, h, acc);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < NK; ++k) O::store(srow + r * ss + k * W, acc[r][k]);
+}
+
+/// A whole strip of a banded call at once, for the softmax without an observer.
+/// Its rows see at most a few tiles of keys, so their logits fit in L1: they are
+/// computed tile by tile into a strip buffer, then each row takes its exact maximum,
+/// its weights and its denominator in one pass, and O = P·V is one pass over the
+/// strip's keys. No running maximum, no rescaling of O between tiles, no per-tile
+/// reduction: the fixed cost of a tile step, which dominates when a row sees only
+/// ~4 tiles and two of them are band edges, is paid once per strip.
+template <class Arch, class Pol, class Keys, class Prefetch>
+void band_strip(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t row0,
+                index_t b, index_t h, index_t bg, batch_keys bk, const float* khead, const float* vhead,
+                const Prefetch& prefetch_some) {
+  using O = simd::ops<Arch>;
+  using vf = typename O::vf;
+  using tile = simd::tile_shape<Arch>;
+  constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys, MR = tile::rows;
+  const index_t D = c.shape.head_dim, Dvp = c.kv.vdim_padded;
+  const int r0 = sk.r0, R = sk.rows;
+  // Keys [js, je): the strip's vectors; its logit rows hold [kb0·BN, kb1·BN).
+  const index_t js = sk.lo_lo / W * W, je = (sk.hi_hi + W - 1) / W * W;
+  const index_t kb0 = js / BN, kb1 = (je + BN - 1) / BN;
+  const index_t ss = (kb1 - kb0) * BN;
+  float* S = sc.band.data();  // sized by run_block (sc.tile is apply_elementwise's)
+  bool vbad = false;
+  for (index_t kb = kb0; kb < kb1; ++kb) {
+    prefetch_some();
+    const index_t j0 = kb * BN;
+    vbad = c.kv.ensure(bg, kb) || vbad;
+    bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
+    bool partial = false;
+    const int c0 = static_cast<int>(std::max<index_t>(js - j0, 0) / W);
+    const int c1 = static_cast<int>((std::min<index_t>(je - j0, BN) + W - 1) / W);
+    float* srow = S + (j0 - kb0 * BN) + c0 * W;
+    if constexpr (Keys::active) {
+      const tile_class tc = c.keys.classify(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
+      if (tc == tile_class::empty) {
+        for (int r = 0; r < R; ++r)
+          for (int k = c0; k < c1; ++k) O::store(srow + r * ss + (k - c0) * W, O::set1(neg_inf));
+        continue;
+      }
+      partial = tc == tile_class::partial;
+      full = full && !partial;
+    }
+    const float* kp = khead + kb * D * BN + c0 * W;
+    const index_t jc = j0 + c0 * W;
+    auto run = [&](auto rows, auto nk) {
+      band_tile_logits<Arch, Pol, decltype(rows)::value, decltype(nk)::value>(c, sc, r0, row0, jc, kp, b, h, bk, full,
+                                                                              partial, srow, ss);
+    };
+    using std::integral_constant;
+    if (R == MR) {
+      if constexpr (NC == 4) {
+        switch (c1 - c0) {
+          case 1: run(integral_constant<int, MR>{}, integral_constant<int, 1>{}); continue;
+          case 2: run(integral_constant<int, MR>{}, integral_constant<int, 2>{}); continue;
+          case 3: run(integral_constant<int, MR>{}, integral_constant<int, 3>{}); continue;
+          default: break;
+        }
+      }
+      if (c1 - c0 == NC) {
+        run(integral_constant<int, MR>{}, integral_constant<int, NC>{});
+        continue;
+      }
+    }
+    // Short strips (and other widths off AVX-512): the whole tile, all vectors kept.
+    float* stile = S + (j0 - kb0 * BN);
+    const bool keep_full = full && c0 == 0 && c1 == NC;
+    auto run_tile = [&](auto rows) {
+      band_tile_logits<Arch, Pol, decltype(rows)::value, NC>(c, sc, r0, row0, j0, khead + kb * D * BN, b, h, bk,
+                                                             keep_full, partial, stile, ss);
+    };
+    switch (R) {
+      case 6: run_tile(integral_constant<int, 6>{}); break;
+      case 5: run_tile(integral_constant<int, 5>{}); break;
+      case 4: run_tile(integral_constant<int, 4>{}); break;
+      case 3: run_tile(integral_constant<int, 3>{}); break;
+      case 2: run_tile(integral_constant<int, 2>{}); break;
+      default: run_tile(integral_constant<int, 1>{}); break;
+    }
+  }
+
+  // Each row: exact maximum over its keys, weights in place, denominator.
+  const index_t v0 = (js - kb0 * BN) / W, v1 = (je - kb0 * BN) / W;
+  for (int r = 0; r < R; ++r) {
+    const int row = r0 + r;
+    float* srow = S + r * ss;
+    vf mx = O::set1(neg_inf);
+    for (index_t k = v0; k < v1; ++k) mx = O::max(O::load(srow + k * W), mx);
+    float m = O::reduce_max(mx);  // NaN when a logit is NaN
+    for (index_t k = v0; k < v1; ++k)  // x86 max drops NaN operands: probe each vector
+      if (O::has_nan(O::load(srow + k * W))) m = std::numeric_limits<float>::quiet_NaN();
+    if (m == neg_inf) {  // nothing visible: weights are all zero
+      for (index_t k = v0; k < v1; ++k) O::store(srow + k * W, O::set1(0.0f));
+      sc.m[row] = neg_inf;
+      continue;
+    }
+    const vf mv = O::set1(m);
+    vf sum = O::set1(0.0f);
+    for (index_t k = v0; k < v1; ++k) {
+      const vf x = O::load(srow + k * W) - mv;
+      const vf p = use_precise_exp(c.pol) ? O::exp2_precise(x) : O::exp2_fast(x);
+      sum = sum + p;
+      O::store(srow + k * W, p);
+    }
+    O::store(sc.lvec.data() + row * W, sum);
+    sc.m[row] = m;
+  }
+
+  // O = P·V over the strip's keys (packed V rows are contiguous across tiles).
+  const float* P = S + v0 * W;
+  const float* vrows = vhead + js * Dvp;
+  float* o = sc.o.data() + r0 * Dvp;
+  const index_t keys = je - js;
+  if (vbad) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
+    for (int r = 0; r < R; ++r)
+      for (index_t jj = 0; jj < keys; ++jj)
+        if (const float p = P[r * ss + jj]; p != 0.0f) simd::axpy<Arch>(p, vrows + jj * Dvp, o + r * Dvp, Dvp);
+    return;
+  }
+  alignas(64) static constexpr float one[MR] = {1, 1, 1, 1, 1, 1};
+  simd::pv_rows<Arch>(R, static_cast<int>(Dvp / W), P, ss, vrows, Dvp, keys, o, Dvp, one);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -872,7 +1030,22 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
       pf_key += pf_keys;
     }
   };
-  for (index_t kb = lo_min / BN; kb * BN < hi_max; ++kb) {
+  bool whole_strips = false;
+  if constexpr (normalized && !Obs::enabled) {
+    // A narrow band: each strip's logits fit in L1, so a strip is done at once.
+    constexpr index_t max_band = 512;
+    if (c.band > 0 && c.band <= max_band) {
+      index_t most = 0;
+      for (const strip_keys& sk : strips)
+        most = std::max(most, ((sk.hi_hi + W - 1) / W * W + BN - 1) / BN - sk.lo_lo / W * W / BN);
+      whole_strips = most * BN <= max_band + 2 * BN;
+      if (whole_strips) {
+        grow(sc.band, static_cast<std::size_t>(MR * most * BN));
+        for (const strip_keys& sk : strips) band_strip<Arch>(c, sc, sk, row0, b, h, bg, bk, khead, vhead, prefetch_some);
+      }
+    }
+  }
+  for (index_t kb = lo_min / BN; !whole_strips && kb * BN < hi_max; ++kb) {
     const index_t j0 = kb * BN;
     const float* kpanel = khead + kb * D * BN;
     const float* vtile = vhead + j0 * Dvp;
@@ -942,6 +1115,7 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
   c.count_dynamic = c.elementwise || Keys::active;
   c.block_rows = choose_block_rows<Arch>(band);
+  c.band = band;
   const int BM = c.block_rows;
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;
   const index_t heads = sh.batch * sh.q_heads;
