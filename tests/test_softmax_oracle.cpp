@@ -125,6 +125,37 @@ TEMPLATE_LIST_TEST_CASE("sigmoid matches the oracle", "[sigmoid][oracle]", attnk
   CHECK(compare_with_oracle<TestType>(sigmoid{}, problem(1, 4, 1, 2, 1100, 64, 64, 22), o).out <= tol);
 }
 
+TEMPLATE_LIST_TEST_CASE("banded softmax matches the oracle on both sides of the whole-strip limit", "[softmax][oracle]",
+                        attnkit_test::archs) {
+  // A window of at most 512 keys runs a strip at once (exact row max, one P·V
+  // pass); wider windows stream tile by tile. Both, with every logit term, key
+  // lengths that end inside a tile, sinks, a fully masked row and GQA.
+  const index_t Lq = 301, Lk = 701;
+  problem p(2, 4, 2, Lq, Lk, 40, 24, 41);
+  std::vector<char> mask(static_cast<std::size_t>(Lq * Lk));
+  for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = (i * 2654435761u) % 7 != 0;
+  for (index_t j = 0; j < Lk; ++j) mask[static_cast<std::size_t>(11 * Lk + j)] = 0;  // a fully masked row
+  const auto bias = attnkit_test::randn(static_cast<std::size_t>(Lq * Lk), 42);
+  const float slopes[4] = {0.5f, 0.25f, 0.125f, 0.0625f};
+  const float sinks[4] = {0.0f, 1.5f, -2.0f, 3.0f};
+  const std::int64_t lens[2] = {650, 701};
+  const window windows[] = {{100, 7}, {255, 0}, {300, 211}, {400, 300}};  // bands 108 .. 701
+  for (const window w : windows) {
+    options o;
+    o.window = w;
+    o.causal = causal::bottom_right;
+    check<TestType>(p, o, "window " + std::to_string(w.left) + "," + std::to_string(w.right) + " + causal");
+    o.causal = causal::none;
+    o.key_lengths = lens;
+    o.mask = strided(reinterpret_cast<const bool*>(mask.data()), {1, 1, Lq, Lk}, {0, 0, Lk, 1});
+    o.bias = strided(bias.data(), {1, 1, Lq, Lk}, {0, 0, Lk, 1});
+    o.alibi_slopes = slopes;
+    o.softcap = 4.0f;
+    o.sinks = sinks;
+    check<TestType>(p, o, "window " + std::to_string(w.left) + "," + std::to_string(w.right) + " + every term");
+  }
+}
+
 TEST_CASE("huge logits: error within 2x of naive fp32 attention (FlashAttention's rule)", "[softmax][oracle]") {
   // Logits in the thousands: no overflow or NaN, and since rounding the logit itself
   // costs |s|·2^-24, the bound is relative to what plain fp32 attention achieves.

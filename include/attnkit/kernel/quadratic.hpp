@@ -1115,6 +1115,12 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
   c.count_dynamic = c.elementwise || Keys::active;
   c.block_rows = choose_block_rows<Arch>(band);
+  if constexpr (requires { keys.row_block(); }) {
+    // Whole pattern row blocks per task: a task that starts mid-block cuts its
+    // strips short twice (strips never straddle a pattern block).
+    const index_t rb = keys.row_block();
+    if (rb > 0 && rb < c.block_rows) c.block_rows = static_cast<int>(c.block_rows / rb * rb);
+  }
   c.band = band;
   const int BM = c.block_rows;
   const index_t q_blocks = (sh.q_len + BM - 1) / BM;
