@@ -834,11 +834,15 @@ void band_strip(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, con
   for (int r = 0; r < R; ++r) {
     const int row = r0 + r;
     float* srow = S + r * ss;
-    vf mx = O::set1(neg_inf);
-    for (index_t k = v0; k < v1; ++k) mx = O::max(O::load(srow + k * W), mx);
-    float m = O::reduce_max(mx);  // NaN when a logit is NaN
-    for (index_t k = v0; k < v1; ++k)  // x86 max drops NaN operands: probe each vector
-      if (O::has_nan(O::load(srow + k * W))) m = std::numeric_limits<float>::quiet_NaN();
+    // x86 max drops NaN operands, so a NaN logit is found through a lane sum
+    // (−inf + +inf is NaN too: the oracle's row is NaN then as well).
+    vf mx = O::set1(neg_inf), probe = O::set1(0.0f);
+    for (index_t k = v0; k < v1; ++k) {
+      const vf x = O::load(srow + k * W);
+      mx = O::max(x, mx);
+      probe = probe + x;
+    }
+    const float m = O::has_nan(probe) ? std::numeric_limits<float>::quiet_NaN() : O::reduce_max(mx);
     if (m == neg_inf) {  // nothing visible: weights are all zero
       for (index_t k = v0; k < v1; ++k) O::store(srow + k * W, O::set1(0.0f));
       sc.m[row] = neg_inf;
