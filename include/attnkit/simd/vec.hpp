@@ -89,6 +89,24 @@ struct ops {
   /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
   ATTNKIT_FORCE_INLINE static vf exp2_fast(vf x) noexcept {
     using namespace exp2_coef;
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+      // 2^n·p in one vscalefps, whose write mask gives the exact zeros below the
+      // underflow bound (NaN compares "not less", so it stays NaN). No lower clamp:
+      // lanes below the bound (−inf among them) are never read.
+      const __m512 xc = _mm512_min_ps(_mm512_set1_ps(126.0f), x);  // NaN stays (second operand)
+      const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 f = _mm512_sub_ps(xc, n);
+      __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), f, _mm512_set1_ps(c5));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c4));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c3));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
+      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+      const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(exp2_underflow), _CMP_NLT_UQ);
+      return _mm512_maskz_scalef_ps(keep, p, n);
+    }
+#endif
     // Constant first: x86 min/max return the second operand when either is NaN,
     // so a NaN stays NaN through the clamp.
     const vf xc = xsimd::min(vf(126.0f), xsimd::max(vf(-126.0f), x));
