@@ -255,8 +255,8 @@ struct strip_keys {
 
 /// Per-thread scratch of one query block; reused across calls, grown on demand.
 struct block_scratch {
-  aligned_vector<float> q, o, p, tile;
-  aligned_vector<float> band;  ///< a whole strip's logits / weights (band_strip)
+  aligned_vector<float> q, o, tile;
+  aligned_vector<float> band;  ///< one strip's logits / weights over a chunk (strip_chunk)
   aligned_vector<float> m, l, t, row_scale, first, topk;
   aligned_vector<float> lvec;  ///< per row, one vector of partial softmax denominators
   aligned_vector<index_t> lo, hi, count;
@@ -307,7 +307,7 @@ struct quadratic_call {
   /// than from the analytic interval.
   bool count_dynamic = false;
   /// Every row sees at most this many keys (a local window or banded pattern), 0:
-  /// unbounded. Narrow bands take band_strip.
+  /// unbounded. A narrow band is done a strip at once (strip_chunk).
   index_t band = 0;
 };
 
@@ -437,23 +437,6 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
   }
 }
 
-/// Instrumentation of one masked logit tile: key-0 logit and running top-k.
-template <class Arch, int R, int NC, class Sc>
-void observe_tile(int K, Sc& sc, int r0, index_t j0, typename simd::ops<Arch>::vf (&acc)[R][NC]) {
-  using O = simd::ops<Arch>;
-  constexpr int W = O::width;
-  if (j0 == 0)
-    for (int r = 0; r < R; ++r) sc.first[r0 + r] = O::first_lane(acc[r][0]);
-  if (K > 0) {
-    alignas(64) float row[NC * W];
-    for (int r = 0; r < R; ++r) {
-      float* list = sc.topk.data() + (r0 + r) * K;
-      for (int k = 0; k < NC; ++k) O::store(row + k * W, acc[r][k]);
-      for (int j = 0; j < NC * W; ++j) topk_insert(list, K, row[j]);
-    }
-  }
-}
-
 /// Vector form of apply_elementwise for tiles wholly inside [0, Lk): works on the
 /// register tile, loading bias and mask rows as vectors.
 template <class Arch, int R, int NC>
@@ -569,172 +552,16 @@ inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, int 
   }
 }
 
-/// One strip of R rows against one key tile: S, mask, weights, O update. With
-/// NK < key_vectors only the NK vectors of keys from j0 on are computed (kpanel and
-/// vtile point at key j0 inside the tile; P keeps the full tile's row stride): the
-/// edge tiles of a band whose other vectors every row of the strip masks.
-template <class Arch, class Pol, class Obs, int R, bool Masked, int NK, class Keys>
-void strip_step(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
-                const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk, float bias2,
-                bool pattern_partial, bool v_nonfinite) {
-  using O = simd::ops<Arch>;
-  using vf = typename O::vf;
-  using tile = simd::tile_shape<Arch>;
-  constexpr int W = O::width, NC = NK, BN = tile::keys;
-  constexpr bool normalized = Pol::normalized;
-  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
-  const index_t Dvp = c.kv.vdim_padded;
-
-  vf acc[R][NC];
-  strip_logits<Arch, R, Masked>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
-
-  if constexpr (Masked && Keys::active)
-    if (pattern_partial) apply_pattern_partial<Arch, R>(c, r0, row0, j0, b, h, acc);
-  (void)pattern_partial;
-  if constexpr (Obs::enabled) {
-    if (c.count_dynamic)
-      for (int r = 0; r < R; ++r) {
-        float n = 0.0f;
-        for (int k = 0; k < NC; ++k) n += O::count_finite(acc[r][k]);
-        sc.count[r0 + r] += static_cast<index_t>(n);
-      }
-  }
-
-  if constexpr (Obs::enabled) observe_tile<Arch, R, NC>(c.obs_topk, sc, r0, j0, acc);
-
-  float* P = sc.p.data();
-  float* scale = sc.row_scale.data();
-  for (int r = 0; r < R; ++r) {
-    const int row = r0 + r;
-    if constexpr (normalized) {
-      vf mx = acc[r][0], probe = acc[r][0];
-      for (int k = 1; k < NC; ++k) {
-        mx = O::max(acc[r][k], mx);
-        probe = probe + acc[r][k];
-      }
-      const float m_old = sc.m[row];
-      // A NaN logit (or +inf, which the oracle also turns into NaN) makes the row NaN.
-      // x86 max drops NaN operands, so NaN is found through the lane sum instead,
-      // and the row is poisoned explicitly rather than through exp2's bit tricks.
-      if (O::has_nan(probe)) [[unlikely]] {
-        const vf nan = O::set1(std::numeric_limits<float>::quiet_NaN());
-        for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, nan);
-        sc.m[row] = sc.l[row] = sc.t[row] = std::numeric_limits<float>::quiet_NaN();
-        O::store(sc.lvec.data() + row * W, nan);
-        scale[r] = std::numeric_limits<float>::quiet_NaN();
-        continue;
-      }
-      const float rm = O::reduce_max(mx);
-      const float m_new = m_old != m_old ? m_old : std::max(m_old, rm);  // NaN stays
-      if (m_new == neg_inf) {  // nothing visible yet: weights are all zero
-        for (int k = 0; k < NC; ++k) O::store(P + r * BN + k * W, O::set1(0.0f));
-        scale[r] = 1.0f;
-        continue;
-      }
-      const float alpha = m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
-      const vf mv = O::set1(m_new);
-      vf sum = O::set1(0.0f), tv = O::set1(0.0f);
-      for (int k = 0; k < NC; ++k) {
-        const vf x = acc[r][k] - mv;
-        const vf p = use_precise_exp(c.pol) ? O::exp2_precise(x) : O::exp2_fast(x);
-        sum = sum + p;
-        if constexpr (entropy) tv = O::fma(p, O::max(x, O::set1(-200.0f)), tv);
-        O::store(P + r * BN + k * W, p);
-      }
-      // The denominator stays a vector until the row is finished (no lane sum per
-      // tile); the entropy observer reads the same sums, so outputs do not change.
-      float* lv = sc.lvec.data() + row * W;
-      if constexpr (entropy) {
-        const float l_old = O::reduce_add(O::load(lv));
-        const float t_old = l_old > 0.0f ? alpha * (sc.t[row] + l_old * (m_old - m_new)) : 0.0f;
-        sc.t[row] = t_old + O::reduce_add(tv);
-      }
-      O::store(lv, O::fma(O::load(lv), O::set1(alpha), sum));
-      sc.m[row] = m_new;
-      scale[r] = alpha;
-    } else {
-      const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
-      vf mass = O::set1(0.0f), wlogw = O::set1(0.0f);
-      for (int k = 0; k < NC; ++k) {
-        const vf e = O::exp2_fast(nb - acc[r][k]);  // NaN in, NaN out
-        vf p = O::set1(1.0f) / (O::set1(1.0f) + e);
-        if constexpr (Masked) {
-          if constexpr (simd::is_scalar_v<Arch>)
-            p = acc[r][k] == neg_inf ? 0.0f : p;
-          else
-            p = xsimd::select(acc[r][k] == O::set1(neg_inf), O::set1(0.0f), p);
-        }
-        if constexpr (entropy) {  // log σ = −log(1 + e^{−x}); masked lanes have p = 0
-          mass = mass + p;
-          wlogw = O::fma(p, O::set1(0.0f) - O::log1p(O::min(e, O::set1(3.0e38f))), wlogw);
-        }
-        O::store(P + r * BN + k * W, p);
-      }
-      if constexpr (entropy) {
-        sc.l[row] += O::reduce_add(mass);
-        sc.t[row] += O::reduce_add(wlogw);
-      }
-      scale[r] = 1.0f;
-    }
-  }
-
-  // O[R][Dv] = scale·O + P·V, in chunks of up to `value_vectors` vectors.
-  constexpr int NV = tile::value_vectors;
-  float* o = sc.o.data() + r0 * Dvp;
-  if (v_nonfinite) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
-    for (int r = 0; r < R; ++r) {
-      float* orow = o + r * Dvp;
-      for (index_t d = 0; d < Dvp; ++d) orow[d] *= scale[r];
-      for (int jj = 0; jj < NC * W; ++jj)
-        if (const float p = P[r * BN + jj]; p != 0.0f) simd::axpy<Arch>(p, vtile + jj * Dvp, orow, Dvp);
-    }
-    return;
-  }
-  index_t dc = 0;
-  for (; dc + NV * W <= Dvp; dc += NV * W)
-    simd::pv_tile<Arch, R, NV>(P, BN, vtile + dc, Dvp, NC * W, o + dc, Dvp, scale);
-  for (; dc < Dvp; dc += W) simd::pv_tile<Arch, R, 1>(P, BN, vtile + dc, Dvp, NC * W, o + dc, Dvp, scale);
-}
-
-
-template <class Arch, class Pol, class Obs, int R, class Keys>
-void strip_dispatch(bool masked, const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0,
-                    index_t j0, const float* kpanel, const float* vtile, index_t b, index_t h, batch_keys bk,
-                    float bias2, bool pattern_partial, bool v_nonfinite, int c0, int c1) {
-  using tile = simd::tile_shape<Arch>;
-  constexpr int NC = tile::key_vectors, W = tile::width;
-  if (!masked) {
-    strip_step<Arch, Pol, Obs, R, false, NC>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, false,
-                                             v_nonfinite);
-    return;
-  }
-  // Key vectors [c0, c1) of the tile hold every key some row of the strip may see.
-  // Narrower instances exist for full-height strips on AVX-512 only (the band edges
-  // of windows and causal diagonals); others compute the whole tile.
-  if constexpr (R == tile::rows && NC == 4 && W == 16) {
-    const index_t jc = j0 + c0 * W;
-    const float* kc = kpanel + c0 * W;
-    const float* vc = vtile + c0 * W * c.kv.vdim_padded;
-    switch (c1 - c0) {
-      case 1: return strip_step<Arch, Pol, Obs, R, true, 1>(c, sc, r0, row0, jc, kc, vc, b, h, bk, bias2, pattern_partial, v_nonfinite);
-      case 2: return strip_step<Arch, Pol, Obs, R, true, 2>(c, sc, r0, row0, jc, kc, vc, b, h, bk, bias2, pattern_partial, v_nonfinite);
-      case 3: return strip_step<Arch, Pol, Obs, R, true, 3>(c, sc, r0, row0, jc, kc, vc, b, h, bk, bias2, pattern_partial, v_nonfinite);
-      default: break;
-    }
-  }
-  (void)c0, (void)c1;
-  strip_step<Arch, Pol, Obs, R, true, NC>(c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pattern_partial,
-                                          v_nonfinite);
-}
-
 /// Logits of one strip against key vectors [c0, c1) of the tile at j0, stored to the
-/// strip's logit rows `srow` (row stride `ss`, key j0 + k·W at srow + (j0 − js) +
-/// k·W): masked (options and pattern) unless `full`, −inf where the pattern says the
-/// tile is empty for the strip.
+/// strip's logit rows `srow` (row stride `ss`): masked (options and pattern) unless
+/// `full`.
 template <class Arch, class Pol, int R, int NK, class Keys>
-void band_tile_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0, index_t j0,
-                      const float* kpanel, index_t b, index_t h, batch_keys bk, bool full, bool partial, float* srow,
-                      index_t ss) {
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0,
+                           index_t j0, const float* kpanel, index_t b, index_t h, batch_keys bk, bool full,
+                           bool partial, float* srow, index_t ss) {
   using O = simd::ops<Arch>;
   constexpr int W = O::width;
   typename O::vf acc[R][NK];
@@ -745,134 +572,247 @@ void band_tile_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& s
     if constexpr (Keys::active)
       if (partial) apply_pattern_partial<Arch, R>(c, r0, row0, j0, b, h, acc);
   }
+  ATTNKIT_UNROLL
   for (int r = 0; r < R; ++r)
+    ATTNKIT_UNROLL
     for (int k = 0; k < NK; ++k) O::store(srow + r * ss + k * W, acc[r][k]);
 }
 
-/// A whole strip of a banded call at once, for the softmax without an observer.
-/// Its rows see at most a few tiles of keys, so their logits fit in L1: they are
-/// computed tile by tile into a strip buffer, then each row takes its exact maximum,
-/// its weights and its denominator in one pass, and O = P·V is one pass over the
-/// strip's keys. No running maximum, no rescaling of O between tiles, no per-tile
-/// reduction: the fixed cost of a tile step, which dominates when a row sees only
-/// ~4 tiles and two of them are band edges, is paid once per strip.
-template <class Arch, class Pol, class Keys, class Prefetch>
-void band_strip(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t row0,
-                index_t b, index_t h, index_t bg, batch_keys bk, const float* khead, const float* vhead,
-                const Prefetch& prefetch_some) {
+/// Instrumentation of one row's logits in a chunk (log2 units, masked = −inf):
+/// allowed-key count, key-0 logit, running top-k.
+template <class Arch, class Pol, class Keys>
+void observe_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int row, const float* x,
+                    index_t n, bool has_key0) {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  if (c.count_dynamic) {
+    float cnt = 0.0f;
+    for (index_t k = 0; k < n; k += W) cnt += O::count_finite(O::load(x + k));
+    sc.count[row] += static_cast<index_t>(cnt);
+  }
+  if (has_key0) sc.first[row] = x[0];
+  if (const int K = c.obs_topk; K > 0) {
+    float* list = sc.topk.data() + row * K;
+    for (index_t j = 0; j < n; ++j) topk_insert(list, K, x[j]);
+  }
+}
+
+/// One row's weights over its logits x[0, n) in place (n a multiple of W), merged
+/// into the row's running state: softmax takes the chunk's exact maximum, rescales
+/// the denominator (a vector, summed once in finalize) and returns α, the factor
+/// for O; sigmoid returns 1.
+template <class Arch, class Pol, class Obs, class Keys>
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline float row_weights(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int row, float* x, index_t n,
+                         float bias2) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
+  constexpr int W = O::width;
+  constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
+  if constexpr (Pol::normalized) {
+    // x86 max drops NaN operands, so a NaN logit is found through a lane sum
+    // (−inf + +inf is NaN too: the oracle's row is NaN then as well). A NaN row
+    // stays NaN: its maximum, weights, denominator and α are NaN from here on.
+    vf mx = O::set1(neg_inf), probe = O::set1(0.0f);
+    for (index_t k = 0; k < n; k += W) {
+      const vf v = O::load(x + k);
+      mx = O::max(v, mx);
+      probe = probe + v;
+    }
+    const float m_old = sc.m[row];
+    const float m_chunk = O::has_nan(probe) ? std::numeric_limits<float>::quiet_NaN() : O::reduce_max(mx);
+    const float m_new = m_old != m_old || m_chunk != m_chunk ? std::numeric_limits<float>::quiet_NaN()
+                                                             : std::max(m_old, m_chunk);
+    if (m_new == neg_inf) {  // nothing visible yet: weights are all zero
+      for (index_t k = 0; k < n; k += W) O::store(x + k, O::set1(0.0f));
+      return 1.0f;
+    }
+    const float alpha = m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
+    const vf mv = O::set1(m_new);
+    vf sum = O::set1(0.0f), tv = O::set1(0.0f);
+    // The exp choice is hoisted: tested inside, it is reloaded after every store.
+    auto weights = [&](auto precise) {
+      for (index_t k = 0; k < n; k += W) {
+        const vf d = O::load(x + k) - mv;
+        const vf p = decltype(precise)::value ? O::exp2_precise(d) : O::exp2_fast(d);
+        sum = sum + p;
+        if constexpr (entropy) tv = O::fma(p, O::max(d, O::set1(-200.0f)), tv);
+        O::store(x + k, p);
+      }
+    };
+    if (use_precise_exp(c.pol))
+      weights(std::true_type{});
+    else
+      weights(std::false_type{});
+    float* lv = sc.lvec.data() + row * W;
+    if constexpr (entropy) {
+      const float l_old = O::reduce_add(O::load(lv));
+      const float t_old = l_old > 0.0f ? alpha * (sc.t[row] + l_old * (m_old - m_new)) : 0.0f;
+      sc.t[row] = t_old + O::reduce_add(tv);
+    }
+    O::store(lv, O::fma(O::load(lv), O::set1(alpha), sum));
+    sc.m[row] = m_new;
+    return alpha;
+  } else {
+    const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
+    vf mass = O::set1(0.0f), wlogw = O::set1(0.0f);
+    for (index_t k = 0; k < n; k += W) {
+      const vf v = O::load(x + k);
+      const vf e = O::exp2_fast(nb - v);  // NaN in, NaN out
+      vf p = O::set1(1.0f) / (O::set1(1.0f) + e);
+      if constexpr (simd::is_scalar_v<Arch>)
+        p = v == neg_inf ? 0.0f : p;
+      else
+        p = xsimd::select(v == O::set1(neg_inf), O::set1(0.0f), p);
+      if constexpr (entropy) {  // log σ = −log(1 + e^{−x}); masked lanes have p = 0
+        mass = mass + p;
+        wlogw = O::fma(p, O::set1(0.0f) - O::log1p(O::min(e, O::set1(3.0e38f))), wlogw);
+      }
+      O::store(x + k, p);
+    }
+    if constexpr (entropy) {
+      sc.l[row] += O::reduce_add(mass);
+      sc.t[row] += O::reduce_add(wlogw);
+    } else {
+      (void)sc, (void)row;
+    }
+    return 1.0f;
+  }
+}
+
+/// Keys per chunk of a strip's key range (strip_chunk): 6 rows of logits fit in L1
+/// (12 KiB) and a chunk's K and V panels in L2.
+inline constexpr index_t max_chunk_keys = 512;
+
+/// One strip against the keys of tiles [kb_lo, kb_hi): a chunk of a long key range,
+/// or a narrow band's whole range. In three steps:
+///   1. the strip's logits, tile by tile through the register tile, into an L1
+///      buffer (masked unless the tile is full for every row); tiles the pattern
+///      calls empty are neither computed nor given a place in the buffer;
+///   2. per row, the chunk's exact maximum merged into the running maximum, the
+///      weights in place, the denominator and the factor α for O (row_weights);
+///   3. O = α·O + P·V, one pass per run of consecutive visited tiles (packed V rows
+///      are contiguous).
+/// The online-softmax bookkeeping (row-maximum reduction, scalar state, O rescale,
+/// O loads and stores) is paid once per chunk of up to 512 keys instead of once
+/// per 64-key tile, and the weights' pass is a stream of independent vectors.
+template <class Arch, class Pol, class Obs, class Keys, class Prefetch>
+void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t row0,
+                 index_t b, index_t h, index_t bg, batch_keys bk, index_t kb_lo, index_t kb_hi, float bias2,
+                 const Prefetch& prefetch_some) {
+  using O = simd::ops<Arch>;
   using tile = simd::tile_shape<Arch>;
   constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys, MR = tile::rows;
   const index_t D = c.shape.head_dim, Dvp = c.kv.vdim_padded;
   const int r0 = sk.r0, R = sk.rows;
-  // Keys [js, je): the strip's vectors; its logit rows hold [kb0·BN, kb1·BN).
-  const index_t js = sk.lo_lo / W * W, je = (sk.hi_hi + W - 1) / W * W;
+  // Keys [js, je): the strip's vectors inside the chunk.
+  const index_t js = std::max(sk.lo_lo, kb_lo * BN) / W * W;
+  const index_t je = (std::min(sk.hi_hi, kb_hi * BN) + W - 1) / W * W;
+  if (je <= js) return;
   const index_t kb0 = js / BN, kb1 = (je + BN - 1) / BN;
+  const float* khead = c.kv.k_head(bg);
+  // The buffer holds the visited tiles side by side; runs of consecutive tiles are
+  // the P·V passes. ss: row stride, a whole number of tiles.
   const index_t ss = (kb1 - kb0) * BN;
   float* S = sc.band.data();  // sized by run_block (sc.tile is apply_elementwise's)
+  struct run {
+    index_t key0, key1, col0;  // keys [key0, key1) at buffer columns from col0
+  };
+  run runs[max_chunk_keys / BN + 2];
+  int nruns = 0;
+  index_t cols = 0;  // buffer columns used (whole tiles)
   bool vbad = false;
+  using std::integral_constant;
   for (index_t kb = kb0; kb < kb1; ++kb) {
     prefetch_some();
     const index_t j0 = kb * BN;
-    vbad = c.kv.ensure(bg, kb) || vbad;
     bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
     bool partial = false;
-    const int c0 = static_cast<int>(std::max<index_t>(js - j0, 0) / W);
-    const int c1 = static_cast<int>((std::min<index_t>(je - j0, BN) + W - 1) / W);
-    float* srow = S + (j0 - kb0 * BN) + c0 * W;
     if constexpr (Keys::active) {
       const tile_class tc = c.keys.classify(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
-      if (tc == tile_class::empty) {
-        for (int r = 0; r < R; ++r)
-          for (int k = c0; k < c1; ++k) O::store(srow + r * ss + (k - c0) * W, O::set1(neg_inf));
-        continue;
-      }
+      if (tc == tile_class::empty) continue;
       partial = tc == tile_class::partial;
       full = full && !partial;
     }
-    const float* kp = khead + kb * D * BN + c0 * W;
-    const index_t jc = j0 + c0 * W;
-    auto run = [&](auto rows, auto nk) {
-      band_tile_logits<Arch, Pol, decltype(rows)::value, decltype(nk)::value>(c, sc, r0, row0, jc, kp, b, h, bk, full,
-                                                                              partial, srow, ss);
+    vbad = c.kv.ensure(bg, kb) || vbad;
+    // Vectors outside [js, je) are masked for every row of the strip: not computed.
+    const int c0 = static_cast<int>(std::max<index_t>(js - j0, 0) / W);
+    const int c1 = static_cast<int>((std::min<index_t>(je - j0, BN) + W - 1) / W);
+    float* stile = S + cols;
+    if (nruns > 0 && runs[nruns - 1].key1 == j0 + c0 * W) {
+      runs[nruns - 1].key1 = j0 + c1 * W;
+    } else {  // a chunk spans at most max_chunk_keys / BN + 2 tiles (run_block)
+      runs[nruns++] = run{j0 + c0 * W, j0 + c1 * W, cols + c0 * W};
+    }
+    cols += BN;
+    const float* kp = khead + kb * D * BN;
+    auto narrow = [&](auto nk) {
+      tile_logits_to<Arch, Pol, MR, decltype(nk)::value>(c, sc, r0, row0, j0 + c0 * W, kp + c0 * W, b, h, bk, full,
+                                                         partial, stile + c0 * W, ss);
     };
-    using std::integral_constant;
     if (R == MR) {
       if constexpr (NC == 4) {
         switch (c1 - c0) {
-          case 1: run(integral_constant<int, MR>{}, integral_constant<int, 1>{}); continue;
-          case 2: run(integral_constant<int, MR>{}, integral_constant<int, 2>{}); continue;
-          case 3: run(integral_constant<int, MR>{}, integral_constant<int, 3>{}); continue;
+          case 1: narrow(integral_constant<int, 1>{}); continue;
+          case 2: narrow(integral_constant<int, 2>{}); continue;
+          case 3: narrow(integral_constant<int, 3>{}); continue;
           default: break;
         }
       }
       if (c1 - c0 == NC) {
-        run(integral_constant<int, MR>{}, integral_constant<int, NC>{});
+        narrow(integral_constant<int, NC>{});
         continue;
       }
     }
-    // Short strips (and other widths off AVX-512): the whole tile, all vectors kept.
-    float* stile = S + (j0 - kb0 * BN);
+    // Short strips (and other widths off AVX-512): the whole tile, masked unless
+    // all of it is in range.
     const bool keep_full = full && c0 == 0 && c1 == NC;
-    auto run_tile = [&](auto rows) {
-      band_tile_logits<Arch, Pol, decltype(rows)::value, NC>(c, sc, r0, row0, j0, khead + kb * D * BN, b, h, bk,
-                                                             keep_full, partial, stile, ss);
+    auto whole = [&](auto rows) {
+      tile_logits_to<Arch, Pol, decltype(rows)::value, NC>(c, sc, r0, row0, j0, kp, b, h, bk, keep_full, partial,
+                                                           stile, ss);
     };
     switch (R) {
-      case 6: run_tile(integral_constant<int, 6>{}); break;
-      case 5: run_tile(integral_constant<int, 5>{}); break;
-      case 4: run_tile(integral_constant<int, 4>{}); break;
-      case 3: run_tile(integral_constant<int, 3>{}); break;
-      case 2: run_tile(integral_constant<int, 2>{}); break;
-      default: run_tile(integral_constant<int, 1>{}); break;
+      case 6: whole(integral_constant<int, 6>{}); break;
+      case 5: whole(integral_constant<int, 5>{}); break;
+      case 4: whole(integral_constant<int, 4>{}); break;
+      case 3: whole(integral_constant<int, 3>{}); break;
+      case 2: whole(integral_constant<int, 2>{}); break;
+      default: whole(integral_constant<int, 1>{}); break;
     }
   }
+  if (nruns == 0) return;  // every tile empty for the strip
 
-  // Each row: exact maximum over its keys, weights in place, denominator.
-  const index_t v0 = (js - kb0 * BN) / W, v1 = (je - kb0 * BN) / W;
+  // Computed columns: [first run's start, last run's end) (runs are in key order).
+  const index_t cbeg = runs[0].col0;
+  const index_t cend = runs[nruns - 1].col0 + (runs[nruns - 1].key1 - runs[nruns - 1].key0);
+  float* scale = sc.row_scale.data() + r0;
   for (int r = 0; r < R; ++r) {
-    const int row = r0 + r;
-    float* srow = S + r * ss;
-    // x86 max drops NaN operands, so a NaN logit is found through a lane sum
-    // (−inf + +inf is NaN too: the oracle's row is NaN then as well).
-    vf mx = O::set1(neg_inf), probe = O::set1(0.0f);
-    for (index_t k = v0; k < v1; ++k) {
-      const vf x = O::load(srow + k * W);
-      mx = O::max(x, mx);
-      probe = probe + x;
-    }
-    const float m = O::has_nan(probe) ? std::numeric_limits<float>::quiet_NaN() : O::reduce_max(mx);
-    if (m == neg_inf) {  // nothing visible: weights are all zero
-      for (index_t k = v0; k < v1; ++k) O::store(srow + k * W, O::set1(0.0f));
-      sc.m[row] = neg_inf;
-      continue;
-    }
-    const vf mv = O::set1(m);
-    vf sum = O::set1(0.0f);
-    for (index_t k = v0; k < v1; ++k) {
-      const vf x = O::load(srow + k * W) - mv;
-      const vf p = use_precise_exp(c.pol) ? O::exp2_precise(x) : O::exp2_fast(x);
-      sum = sum + p;
-      O::store(srow + k * W, p);
-    }
-    O::store(sc.lvec.data() + row * W, sum);
-    sc.m[row] = m;
+    float* x = S + r * ss + cbeg;
+    if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, runs[0].key0 == 0);
+    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, bias2);
   }
 
-  // O = P·V over the strip's keys (packed V rows are contiguous across tiles).
-  const float* P = S + v0 * W;
-  const float* vrows = vhead + js * Dvp;
+  // O = α·O + P·V, the rescale applied by the first pass only.
+  const float* vhead = c.kv.v_head(bg);
   float* o = sc.o.data() + r0 * Dvp;
-  const index_t keys = je - js;
   if (vbad) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
-    for (int r = 0; r < R; ++r)
-      for (index_t jj = 0; jj < keys; ++jj)
-        if (const float p = P[r * ss + jj]; p != 0.0f) simd::axpy<Arch>(p, vrows + jj * Dvp, o + r * Dvp, Dvp);
+    for (int r = 0; r < R; ++r) {
+      float* orow = o + r * Dvp;
+      if (scale[r] != 1.0f)
+        for (index_t d = 0; d < Dvp; ++d) orow[d] *= scale[r];
+      for (int u = 0; u < nruns; ++u)
+        for (index_t j = runs[u].key0; j < runs[u].key1; ++j)
+          if (const float p = S[r * ss + runs[u].col0 + (j - runs[u].key0)]; p != 0.0f)
+            simd::axpy<Arch>(p, vhead + j * Dvp, orow, Dvp);
+    }
     return;
   }
   alignas(64) static constexpr float one[MR] = {1, 1, 1, 1, 1, 1};
-  simd::pv_rows<Arch>(R, static_cast<int>(Dvp / W), P, ss, vrows, Dvp, keys, o, Dvp, one);
+  for (int u = 0; u < nruns; ++u)
+    simd::pv_rows<Arch>(R, static_cast<int>(Dvp / W), S + runs[u].col0, ss, vhead + runs[u].key0 * Dvp, Dvp,
+                        runs[u].key1 - runs[u].key0, o, Dvp, u == 0 ? scale : one);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -918,7 +858,6 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   };
   grow(sc.q, static_cast<std::size_t>(n * D));
   grow(sc.o, static_cast<std::size_t>(n * Dvp));
-  grow(sc.p, MR * BN);
   grow(sc.tile, MR * BN);
   for (auto* v : {&sc.m, &sc.l, &sc.t, &sc.row_scale, &sc.first}) grow(*v, static_cast<std::size_t>(n));
   constexpr int W = tile::width;
@@ -979,8 +918,6 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   float bias2 = 0.0f;
   if constexpr (!normalized) bias2 = static_cast<float>(c.pol.resolved_bias(bk.lk)) * log2e;
 
-  const float* khead = c.kv.k_head(bg);
-  const float* vhead = c.kv.v_head(bg);
   // The strips and the union / intersection of their rows' key intervals.
   auto& strips = sc.strips;
   strips.clear();
@@ -1034,51 +971,24 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
       pf_key += pf_keys;
     }
   };
-  bool whole_strips = false;
-  if constexpr (normalized && !Obs::enabled) {
-    // A narrow band: each strip's logits fit in L1, so a strip is done at once.
-    constexpr index_t max_band = 512;
-    if (c.band > 0 && c.band <= max_band) {
-      index_t most = 0;
+  // A narrow band (every strip sees at most max_chunk_keys keys, plus its edges)
+  // is done a strip at once, its K/V window staying in L2 from strip to strip.
+  // Longer ranges go in chunks of max_chunk_keys keys, every strip of the block
+  // against one chunk before the next, so the chunk's K/V stay in L2 across strips.
+  const index_t chunk_tiles = max_chunk_keys / BN;
+  index_t most = 0;
+  for (const strip_keys& sk : strips)
+    most = std::max(most, ((sk.hi_hi + W - 1) / W * W + BN - 1) / BN - sk.lo_lo / W * W / BN);
+  const bool whole_strips = c.band > 0 && c.band <= max_chunk_keys && most <= chunk_tiles + 2;
+  grow(sc.band, static_cast<std::size_t>(MR * (chunk_tiles + 2) * BN));
+  if (whole_strips) {
+    for (const strip_keys& sk : strips)
+      strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, sk.lo_lo / BN, (sk.hi_hi + BN - 1) / BN, bias2,
+                                  prefetch_some);
+  } else {
+    for (index_t kc = lo_min / BN; kc * BN < hi_max; kc += chunk_tiles)
       for (const strip_keys& sk : strips)
-        most = std::max(most, ((sk.hi_hi + W - 1) / W * W + BN - 1) / BN - sk.lo_lo / W * W / BN);
-      whole_strips = most * BN <= max_band + 2 * BN;
-      if (whole_strips) {
-        grow(sc.band, static_cast<std::size_t>(MR * most * BN));
-        for (const strip_keys& sk : strips) band_strip<Arch>(c, sc, sk, row0, b, h, bg, bk, khead, vhead, prefetch_some);
-      }
-    }
-  }
-  for (index_t kb = lo_min / BN; !whole_strips && kb * BN < hi_max; ++kb) {
-    const index_t j0 = kb * BN;
-    const float* kpanel = khead + kb * D * BN;
-    const float* vtile = vhead + j0 * Dvp;
-    const bool vbad = c.kv.ensure(bg, kb);
-    for (const strip_keys& sk : strips) {
-      const int r0 = sk.r0, R = sk.rows;
-      if (sk.hi_hi <= j0 || sk.lo_lo >= j0 + BN) continue;  // empty for every row
-      prefetch_some();
-      bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
-      bool pp = false;
-      if constexpr (Keys::active) {
-        const tile_class tc = c.keys.classify(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
-        if (tc == tile_class::empty) continue;
-        pp = tc == tile_class::partial;
-        full = full && !pp;
-      }
-      // Vectors of the tile outside [lo_lo, hi_hi) are masked for every row: their
-      // weights are exact zeros, so skipping them leaves the result bitwise the same.
-      const int c0 = static_cast<int>(std::max<index_t>(sk.lo_lo - j0, 0) / W);
-      const int c1 = static_cast<int>((std::min<index_t>(sk.hi_hi - j0, BN) + W - 1) / W);
-      switch (R) {
-        case 6: strip_dispatch<Arch, Pol, Obs, 6>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
-        case 5: strip_dispatch<Arch, Pol, Obs, 5>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
-        case 4: strip_dispatch<Arch, Pol, Obs, 4>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
-        case 3: strip_dispatch<Arch, Pol, Obs, 3>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
-        case 2: strip_dispatch<Arch, Pol, Obs, 2>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
-        default: strip_dispatch<Arch, Pol, Obs, 1>(!full, c, sc, r0, row0, j0, kpanel, vtile, b, h, bk, bias2, pp, vbad, c0, c1); break;
-      }
-    }
+        strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, kc, kc + chunk_tiles, bias2, prefetch_some);
   }
 
   for (int r = 0; r < n; ++r) {
