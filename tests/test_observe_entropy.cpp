@@ -382,6 +382,17 @@ TEST_CASE("null observer and entropy observer give bitwise identical outputs", "
   entropy_stats st({.top_k = 8});
   attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(b), o, observe(st));
   CHECK(a == b);
+  {  // a long block-sparse call: chunks gather visited tiles across L2 spans
+    problem lp(1, 2, 1, 40, 2300, 64, 64, 5);
+    std::vector<char> layout(3 * 36);
+    for (std::size_t i = 0; i < layout.size(); ++i) layout[i] = (i * 5) % 7 < 4;
+    const sparse bs{pattern::block_sparse{reinterpret_cast<const bool*>(layout.data()), 16, 64, 3, 36}};
+    std::vector<float> la(lp.out_size()), lb(lp.out_size());
+    attention(bs, lp.qv(), lp.kv(), lp.vv(), lp.ov(la), {});
+    entropy_stats ls;
+    attention(bs, lp.qv(), lp.kv(), lp.vv(), lp.ov(lb), {}, observe(ls));
+    CHECK(la == lb);
+  }
   // The observer can also be passed as an lvalue and reused; each call resets it.
   auto obs = observe(st);
   attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(b), o, obs);

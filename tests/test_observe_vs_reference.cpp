@@ -75,6 +75,7 @@ TEST_CASE("entropy observer vs reference oracle: softmax rows and head statistic
       {"bottom_right, Lq > Lk", 1, 2, 2, 80, 50, 40, causal::bottom_right, {}, false},
       {"window + key_lengths (one batch empty)", 2, 2, 1, 40, 90, 40, causal::none, {9, 2}, true},
       {"decode, 1500 keys", 2, 8, 2, 1, 1500, 40, causal::bottom_right, {}, false},
+      {"2300 keys: several chunks and L2 spans per strip", 1, 2, 1, 40, 2300, 64, causal::bottom_right, {}, false},
   };
   for (const case_t& c : cases) {
     DYNAMIC_SECTION(c.name) {

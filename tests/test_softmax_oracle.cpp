@@ -195,3 +195,50 @@ TEST_CASE("precise exp mode matches the oracle", "[softmax][oracle]") {
   CHECK(ep.out <= tol);
   CHECK(ep.lse <= tol);
 }
+
+TEMPLATE_LIST_TEST_CASE("long key ranges: chunks, L2 spans and sparse chunks match the oracle", "[softmax][oracle]",
+                        attnkit_test::archs) {
+  // A strip streams long key ranges in chunks of up to 512 visited keys, inside
+  // spans of key tiles that fit L2 together (16 tiles at D = 64, 8 at D = 128 on
+  // AVX-512), merging each chunk's exact maximum into the row's running state.
+  // Here: several spans and chunks per strip, logits that grow from chunk to chunk
+  // (every chunk rescales the earlier ones) or fall (the first chunk dominates),
+  // key lengths that end inside a chunk, and a block-sparse layout whose visited
+  // tiles are gathered into chunks across a span, with runs of adjacent tiles.
+  if (simd::is_scalar_v<TestType>) return;  // the scalar path shares the logic; 2300 keys are slow there
+  const index_t Lq = 45, Lk = 2300;
+  for (index_t D : {64, 128}) {
+    problem p(2, 4, 2, Lq, Lk, D, D, 51 + static_cast<std::uint32_t>(D));
+    check<TestType>(p, {}, "dense, D " + std::to_string(D));
+    std::vector<float> rising(static_cast<std::size_t>(Lk)), falling(rising.size());
+    for (index_t j = 0; j < Lk; ++j) {
+      rising[static_cast<std::size_t>(j)] = 0.01f * static_cast<float>(j);
+      falling[static_cast<std::size_t>(j)] = -0.01f * static_cast<float>(j);
+    }
+    const std::int64_t lens[2] = {1717, 2300};
+    options o;
+    o.bias = strided(rising.data(), {1, 1, 1, Lk}, {0, 0, 0, 1});
+    o.key_lengths = lens;
+    o.causal = causal::bottom_right;
+    check<TestType>(p, o, "rising logits, key lengths, causal, D " + std::to_string(D));
+    o.bias = strided(falling.data(), {1, 1, 1, Lk}, {0, 0, 0, 1});
+    o.causal = causal::none;
+    check<TestType>(p, o, "falling logits, key lengths, D " + std::to_string(D));
+
+    const index_t nq = (Lq + 15) / 16, nk = (Lk + 63) / 64;
+    std::vector<char> layout(static_cast<std::size_t>(nq * nk));
+    for (index_t qb = 0; qb < nq; ++qb)
+      for (index_t kb = 0; kb < nk; ++kb)  // runs of 1-3 adjacent blocks, gaps, 10+ blocks per span for some rows
+        layout[static_cast<std::size_t>(qb * nk + kb)] = ((kb * 5 + qb * 3) % 7) < 4 || kb % 9 == 0;
+    const sparse bs{pattern::block_sparse{reinterpret_cast<const bool*>(layout.data()), 16, 64, nq, nk}};
+    const auto e = compare_with_oracle<TestType>(bs, p, {}, true);
+    INFO("block-sparse, D " << D << " arch " << simd::arch_name<TestType>());
+    CHECK(e.out <= tol);
+    CHECK(e.lse <= tol);
+    CHECK_FALSE(e.nan_mismatch);
+    options s;
+    s.causal = causal::bottom_right;
+    CHECK(compare_with_oracle<TestType>(sigmoid{}, p, s).out <= tol);
+    CHECK(compare_with_oracle<TestType>(sparse{bs.pattern, sigmoid{}}, p, s).out <= tol);
+  }
+}

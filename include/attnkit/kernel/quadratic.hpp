@@ -682,19 +682,71 @@ inline float row_weights(const quadratic_call<Arch, Pol, Keys>& c, block_scratch
   }
 }
 
-/// Keys per chunk of a strip's key range (strip_chunk): 6 rows of logits fit in L1
-/// (12 KiB) and a chunk's K and V panels in L2.
+/// Visited keys per chunk of a strip (strip_chunk): 6 rows of their logits fit in
+/// L1 (12 KiB).
 inline constexpr index_t max_chunk_keys = 512;
 
-/// One strip against the keys of tiles [kb_lo, kb_hi): a chunk of a long key range,
-/// or a narrow band's whole range. In three steps:
+/// Tiles a strip's logit buffer holds: a chunk, or a narrow band's whole range
+/// (up to max_chunk_keys keys plus a partial tile at either edge).
+template <class Arch>
+inline constexpr index_t chunk_capacity = max_chunk_keys / simd::tile_shape<Arch>::keys + 2;
+
+/// Keys [key0, key1) of a strip's chunk, at its logit buffer's columns from col0.
+struct chunk_run {
+  index_t key0, key1, col0;
+};
+
+/// Steps 2 and 3 of strip_chunk on a filled buffer S (row stride ss) whose runs of
+/// consecutive visited keys are runs[0, nruns) (in key order, at least one).
+template <class Arch, class Pol, class Obs, class Keys>
+void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t bg,
+                 float* S, index_t ss, const chunk_run* runs, int nruns, bool vbad, float bias2) {
+  constexpr int W = simd::ops<Arch>::width;
+  const index_t Dvp = c.kv.vdim_padded;
+  const int r0 = sk.r0, R = sk.rows;
+  // Computed columns: [first run's start, last run's end) (runs are in key order).
+  const index_t cbeg = runs[0].col0;
+  const index_t cend = runs[nruns - 1].col0 + (runs[nruns - 1].key1 - runs[nruns - 1].key0);
+  float* scale = sc.row_scale.data() + r0;
+  for (int r = 0; r < R; ++r) {
+    float* x = S + r * ss + cbeg;
+    if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, runs[0].key0 == 0);
+    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, bias2);
+  }
+
+  // O = α·O + P·V.
+  const float* vhead = c.kv.v_head(bg);
+  float* o = sc.o.data() + r0 * Dvp;
+  if (vbad) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
+    for (int r = 0; r < R; ++r) {
+      float* orow = o + r * Dvp;
+      if (scale[r] != 1.0f)
+        for (index_t d = 0; d < Dvp; ++d) orow[d] *= scale[r];
+      for (int u = 0; u < nruns; ++u)
+        for (index_t j = runs[u].key0; j < runs[u].key1; ++j)
+          if (const float p = S[r * ss + runs[u].col0 + (j - runs[u].key0)]; p != 0.0f)
+            simd::axpy<Arch>(p, vhead + j * Dvp, orow, Dvp);
+    }
+    return;
+  }
+  simd::pv_segment seg[chunk_capacity<Arch>];
+  for (int u = 0; u < nruns; ++u)
+    seg[u] = {S + runs[u].col0, vhead + runs[u].key0 * Dvp, static_cast<long>(runs[u].key1 - runs[u].key0)};
+  simd::pv_segments<Arch>(R, static_cast<int>(Dvp / W), seg, nruns, ss, Dvp, o, Dvp, scale);
+}
+
+
+/// One strip against the keys of tiles [kb_lo, kb_hi), in chunks of up to
+/// max_chunk_keys visited keys (a range of at most chunk_capacity tiles is one
+/// chunk: a narrow band's whole range). Per chunk, in three steps:
 ///   1. the strip's logits, tile by tile through the register tile, into an L1
 ///      buffer (masked unless the tile is full for every row); tiles the pattern
-///      calls empty are neither computed nor given a place in the buffer;
+///      calls empty are neither computed nor given a place in the buffer, so a
+///      sparse pattern's chunk gathers up to max_chunk_keys keys it does visit;
 ///   2. per row, the chunk's exact maximum merged into the running maximum, the
 ///      weights in place, the denominator and the factor α for O (row_weights);
-///   3. O = α·O + P·V, one pass per run of consecutive visited tiles (packed V rows
-///      are contiguous).
+///   3. O = α·O + P·V in one register pass over the runs of consecutive visited
+///      tiles (packed V rows are contiguous within a run).
 /// The online-softmax bookkeeping (row-maximum reduction, scalar state, O rescale,
 /// O loads and stores) is paid once per chunk of up to 512 keys instead of once
 /// per 64-key tile, and the weights' pass is a stream of independent vectors.
@@ -705,7 +757,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   using O = simd::ops<Arch>;
   using tile = simd::tile_shape<Arch>;
   constexpr int W = O::width, NC = tile::key_vectors, BN = tile::keys, MR = tile::rows;
-  const index_t D = c.shape.head_dim, Dvp = c.kv.vdim_padded;
+  const index_t D = c.shape.head_dim;
   const int r0 = sk.r0, R = sk.rows;
   // Keys [js, je): the strip's vectors inside the chunk.
   const index_t js = std::max(sk.lo_lo, kb_lo * BN) / W * W;
@@ -714,19 +766,21 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   const index_t kb0 = js / BN, kb1 = (je + BN - 1) / BN;
   const float* khead = c.kv.k_head(bg);
   // The buffer holds the visited tiles side by side; runs of consecutive tiles are
-  // the P·V passes. ss: row stride, a whole number of tiles.
-  const index_t ss = (kb1 - kb0) * BN;
+  // the P·V segments. ss: row stride, a whole number of tiles.
+  constexpr index_t cap = chunk_capacity<Arch>;
+  const index_t ss = cap * BN;
+  const index_t chunk = kb1 - kb0 <= cap ? cap : max_chunk_keys / BN;  // visited tiles per chunk
   float* S = sc.band.data();  // sized by run_block (sc.tile is apply_elementwise's)
-  struct run {
-    index_t key0, key1, col0;  // keys [key0, key1) at buffer columns from col0
-  };
-  run runs[max_chunk_keys / BN + 2];
+  chunk_run runs[cap];
   int nruns = 0;
   index_t cols = 0;  // buffer columns used (whole tiles)
   bool vbad = false;
   using std::integral_constant;
   for (index_t kb = kb0; kb < kb1; ++kb) {
-    prefetch_some();
+    if (cols == chunk * BN) {  // the buffer is full: weights and P·V, then the next chunk
+      chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, bias2);
+      nruns = 0, cols = 0, vbad = false;
+    }
     const index_t j0 = kb * BN;
     bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
     bool partial = false;
@@ -736,6 +790,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       partial = tc == tile_class::partial;
       full = full && !partial;
     }
+    prefetch_some();  // visited tiles only: on an empty one the call cost more than the tile
     vbad = c.kv.ensure(bg, kb) || vbad;
     // Vectors outside [js, je) are masked for every row of the strip: not computed.
     const int c0 = static_cast<int>(std::max<index_t>(js - j0, 0) / W);
@@ -743,8 +798,8 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
     float* stile = S + cols;
     if (nruns > 0 && runs[nruns - 1].key1 == j0 + c0 * W) {
       runs[nruns - 1].key1 = j0 + c1 * W;
-    } else {  // a chunk spans at most max_chunk_keys / BN + 2 tiles (run_block)
-      runs[nruns++] = run{j0 + c0 * W, j0 + c1 * W, cols + c0 * W};
+    } else {
+      runs[nruns++] = chunk_run{j0 + c0 * W, j0 + c1 * W, cols + c0 * W};
     }
     cols += BN;
     const float* kp = khead + kb * D * BN;
@@ -782,37 +837,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       default: whole(integral_constant<int, 1>{}); break;
     }
   }
-  if (nruns == 0) return;  // every tile empty for the strip
-
-  // Computed columns: [first run's start, last run's end) (runs are in key order).
-  const index_t cbeg = runs[0].col0;
-  const index_t cend = runs[nruns - 1].col0 + (runs[nruns - 1].key1 - runs[nruns - 1].key0);
-  float* scale = sc.row_scale.data() + r0;
-  for (int r = 0; r < R; ++r) {
-    float* x = S + r * ss + cbeg;
-    if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, runs[0].key0 == 0);
-    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, bias2);
-  }
-
-  // O = α·O + P·V, the rescale applied by the first pass only.
-  const float* vhead = c.kv.v_head(bg);
-  float* o = sc.o.data() + r0 * Dvp;
-  if (vbad) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
-    for (int r = 0; r < R; ++r) {
-      float* orow = o + r * Dvp;
-      if (scale[r] != 1.0f)
-        for (index_t d = 0; d < Dvp; ++d) orow[d] *= scale[r];
-      for (int u = 0; u < nruns; ++u)
-        for (index_t j = runs[u].key0; j < runs[u].key1; ++j)
-          if (const float p = S[r * ss + runs[u].col0 + (j - runs[u].key0)]; p != 0.0f)
-            simd::axpy<Arch>(p, vhead + j * Dvp, orow, Dvp);
-    }
-    return;
-  }
-  alignas(64) static constexpr float one[MR] = {1, 1, 1, 1, 1, 1};
-  for (int u = 0; u < nruns; ++u)
-    simd::pv_rows<Arch>(R, static_cast<int>(Dvp / W), S + runs[u].col0, ss, vhead + runs[u].key0 * Dvp, Dvp,
-                        runs[u].key1 - runs[u].key0, o, Dvp, u == 0 ? scale : one);
+  if (nruns > 0) chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, bias2);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -949,7 +974,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   index_t steps = 0;
   for (const strip_keys& sk : strips) steps += (sk.hi_hi + BN - 1) / BN - sk.lo_lo / BN;
   steps = std::max<index_t>(steps, 1);
-  const int pf_rows = static_cast<int>((std::max(n, next.n) + steps - 1) / steps);
+  int pf_rows = static_cast<int>((std::max(n, next.n) + steps - 1) / steps);
   int pf_out = 0, pf_next = 0, pf_key = BN, pf_keys = 0;
   index_t pf_tile = -1;
   if (next.n > 0 && next.b == b && next.h == h && next.row0 == row0 + n && hi_max > lo_min) {
@@ -973,23 +998,32 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   };
   // A narrow band (every strip sees at most max_chunk_keys keys, plus its edges)
   // is done a strip at once, its K/V window staying in L2 from strip to strip.
-  // Longer ranges go in chunks of max_chunk_keys keys, every strip of the block
-  // against one chunk before the next, so the chunk's K/V stay in L2 across strips.
-  const index_t chunk_tiles = max_chunk_keys / BN;
+  // Longer ranges go in spans of K/V tiles that fit L2 together (at least one
+  // chunk's worth), every strip of the block through one span before the next, so
+  // the span's K/V are read from L2 by all strips; within a span each strip goes
+  // in chunks of max_chunk_keys visited keys (strip_chunk). A sparse pattern's
+  // chunk thus gathers visited tiles from the whole span.
+  constexpr index_t chunk_tiles = max_chunk_keys / BN, l2_span_bytes = 512 * 1024;
   index_t most = 0;
   for (const strip_keys& sk : strips)
     most = std::max(most, ((sk.hi_hi + W - 1) / W * W + BN - 1) / BN - sk.lo_lo / W * W / BN);
-  const bool whole_strips = c.band > 0 && c.band <= max_chunk_keys && most <= chunk_tiles + 2;
-  grow(sc.band, static_cast<std::size_t>(MR * (chunk_tiles + 2) * BN));
+  const bool whole_strips = c.band > 0 && c.band <= max_chunk_keys && most <= chunk_capacity<Arch>;
+  grow(sc.band, static_cast<std::size_t>(MR * chunk_capacity<Arch> * BN));
   if (whole_strips) {
     for (const strip_keys& sk : strips)
       strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, sk.lo_lo / BN, (sk.hi_hi + BN - 1) / BN, bias2,
                                   prefetch_some);
   } else {
-    for (index_t kc = lo_min / BN; kc * BN < hi_max; kc += chunk_tiles)
+    const auto tile_bytes = static_cast<index_t>(BN * (D + Dvp) * sizeof(float));
+    const index_t span = std::max(chunk_tiles, l2_span_bytes / tile_bytes);
+    for (index_t kc = lo_min / BN; kc * BN < hi_max; kc += span)
       for (const strip_keys& sk : strips)
-        strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, kc, kc + chunk_tiles, bias2, prefetch_some);
+        strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, kc, kc + span, bias2, prefetch_some);
   }
+  // Steps count a pattern's empty tiles too, which take none: what is left of the
+  // next block's query rows is asked for now.
+  pf_rows = std::max(n, next.n);
+  prefetch_some();
 
   for (int r = 0; r < n; ++r) {
     float l = sc.l[r];

@@ -6,7 +6,8 @@
 ///   apart, so a narrower tile can read a sub-range of a wider panel). One operand is broadcast
 ///   (a query element), the other is a vector load from the packed Kᵀ panel, so
 ///   R·NC accumulators stay in registers for the whole D loop (6×4 zmm on AVX-512).
-/// pv_tile:  O[R][NV·W] += P[R][BN] · V[BN][NV·W], broadcasting P, loading V rows.
+/// pv_tile:  O[R][NV·W] += P[R][BN] · V[BN][NV·W], broadcasting P, loading V rows
+///   (pv_tile_segments: over several (P, V) pieces, O kept in registers between them).
 #include <type_traits>
 
 #include "vec.hpp"
@@ -56,11 +57,22 @@ ATTNKIT_FORCE_INLINE void qk_tile(const float* q, long q_stride, const float* kp
   }
 }
 
-/// o rows (stride o_stride) are loaded, multiplied by `row_scale[r]` (the online
-/// softmax rescale; 1 for unnormalised variants), accumulated and stored back.
+/// A piece of a P·V pass: `keys` weights from p (one per key, rows p_stride apart)
+/// against the V rows from v (v_stride apart).
+struct pv_segment {
+  const float* p;
+  const float* v;
+  long keys;
+};
+
+/// O[R][NV·W] = row_scale·O + Σ_segments P·V. The o rows (stride o_stride) are
+/// loaded and multiplied by `row_scale[r]` (the online softmax rescale; 1 for
+/// unnormalised variants) once, kept in registers across the segments (the runs of
+/// a sparse pattern's visited tiles), and stored back once. `v_offset` selects the
+/// output columns of this pass inside each V row.
 template <class Arch, int R, int NV>
-ATTNKIT_FORCE_INLINE void pv_tile(const float* p, long p_stride, const float* v, long v_stride, long keys, float* o,
-                    long o_stride, const float* row_scale) noexcept {
+ATTNKIT_FORCE_INLINE void pv_tile_segments(const pv_segment* seg, int nseg, long p_stride, long v_stride,
+                                           long v_offset, float* o, long o_stride, const float* row_scale) noexcept {
   using O = ops<Arch>;
   using vf = typename O::vf;
   constexpr int W = O::width;
@@ -71,15 +83,19 @@ ATTNKIT_FORCE_INLINE void pv_tile(const float* p, long p_stride, const float* v,
     ATTNKIT_UNROLL
     for (int c = 0; c < NV; ++c) acc[r][c] = O::load(o + r * o_stride + c * W) * s;
   }
-  for (long j = 0; j < keys; ++j) {
-    vf vv[NV];
-    ATTNKIT_UNROLL
-    for (int c = 0; c < NV; ++c) vv[c] = O::load(v + j * v_stride + c * W);
-    ATTNKIT_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const vf pb = O::set1(p[r * p_stride + j]);
+  for (int u = 0; u < nseg; ++u) {
+    const float* p = seg[u].p;
+    const float* v = seg[u].v + v_offset;
+    for (long j = 0; j < seg[u].keys; ++j) {
+      vf vv[NV];
       ATTNKIT_UNROLL
-      for (int c = 0; c < NV; ++c) acc[r][c] = O::fma(pb, vv[c], acc[r][c]);
+      for (int c = 0; c < NV; ++c) vv[c] = O::load(v + j * v_stride + c * W);
+      ATTNKIT_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const vf pb = O::set1(p[r * p_stride + j]);
+        ATTNKIT_UNROLL
+        for (int c = 0; c < NV; ++c) acc[r][c] = O::fma(pb, vv[c], acc[r][c]);
+      }
     }
   }
   ATTNKIT_UNROLL
@@ -88,35 +104,51 @@ ATTNKIT_FORCE_INLINE void pv_tile(const float* p, long p_stride, const float* v,
     for (int c = 0; c < NV; ++c) O::store(o + r * o_stride + c * W, acc[r][c]);
 }
 
-/// Runtime (rows, vectors) -> compile-time pv_tile instance.
+/// O[R][NV·W] = row_scale·O + P[R][keys]·V[keys][NV·W]: one segment.
+template <class Arch, int R, int NV>
+ATTNKIT_FORCE_INLINE void pv_tile(const float* p, long p_stride, const float* v, long v_stride, long keys, float* o,
+                                  long o_stride, const float* row_scale) noexcept {
+  const pv_segment seg{p, v, keys};
+  pv_tile_segments<Arch, R, NV>(&seg, 1, p_stride, v_stride, 0, o, o_stride, row_scale);
+}
+
+/// Runtime (rows, vectors) -> compile-time pv_tile_segments instance.
 template <class Arch, int R>
-inline void pv_rows_r(int nv, const float* p, long ps, const float* v, long vs, long keys, float* o,
-                      long os, const float* scale) {
+inline void pv_segments_r(int nv, const pv_segment* seg, int nseg, long ps, long vs, long v_offset, float* o,
+                          long os, const float* scale) {
   switch (nv) {
-    case 4: simd::pv_tile<Arch, R, 4>(p, ps, v, vs, keys, o, os, scale); break;
-    case 3: simd::pv_tile<Arch, R, 3>(p, ps, v, vs, keys, o, os, scale); break;
-    case 2: simd::pv_tile<Arch, R, 2>(p, ps, v, vs, keys, o, os, scale); break;
-    default: simd::pv_tile<Arch, R, 1>(p, ps, v, vs, keys, o, os, scale); break;
+    case 4: pv_tile_segments<Arch, R, 4>(seg, nseg, ps, vs, v_offset, o, os, scale); break;
+    case 3: pv_tile_segments<Arch, R, 3>(seg, nseg, ps, vs, v_offset, o, os, scale); break;
+    case 2: pv_tile_segments<Arch, R, 2>(seg, nseg, ps, vs, v_offset, o, os, scale); break;
+    default: pv_tile_segments<Arch, R, 1>(seg, nseg, ps, vs, v_offset, o, os, scale); break;
   }
 }
-/// O[R][nv·W] = scale·O + P·V for any R <= 6 and nv >= 1 vectors (in passes of <= 4).
+/// O[R][nv·W] = scale·O + Σ_segments P·V for any R <= 6 and nv >= 1 vectors (in
+/// passes of <= 4 vectors).
 template <class Arch>
-inline void pv_rows(int R, int nv, const float* p, long ps, const float* v, long vs, long keys, float* o,
-                    long os, const float* scale) {
+inline void pv_segments(int R, int nv, const pv_segment* seg, int nseg, long ps, long vs, float* o, long os,
+                        const float* scale) {
   constexpr int W = ops<Arch>::width;
   for (int c = 0; c < nv; c += 4) {
     const int n = nv - c < 4 ? nv - c : 4;
-    const float* vc = v + c * W;
-    float* oc = o + c * W;
+    const long off = c * W;
+    float* oc = o + off;
     switch (R) {
-      case 6: pv_rows_r<Arch, 6>(n, p, ps, vc, vs, keys, oc, os, scale); break;
-      case 5: pv_rows_r<Arch, 5>(n, p, ps, vc, vs, keys, oc, os, scale); break;
-      case 4: pv_rows_r<Arch, 4>(n, p, ps, vc, vs, keys, oc, os, scale); break;
-      case 3: pv_rows_r<Arch, 3>(n, p, ps, vc, vs, keys, oc, os, scale); break;
-      case 2: pv_rows_r<Arch, 2>(n, p, ps, vc, vs, keys, oc, os, scale); break;
-      default: pv_rows_r<Arch, 1>(n, p, ps, vc, vs, keys, oc, os, scale); break;
+      case 6: pv_segments_r<Arch, 6>(n, seg, nseg, ps, vs, off, oc, os, scale); break;
+      case 5: pv_segments_r<Arch, 5>(n, seg, nseg, ps, vs, off, oc, os, scale); break;
+      case 4: pv_segments_r<Arch, 4>(n, seg, nseg, ps, vs, off, oc, os, scale); break;
+      case 3: pv_segments_r<Arch, 3>(n, seg, nseg, ps, vs, off, oc, os, scale); break;
+      case 2: pv_segments_r<Arch, 2>(n, seg, nseg, ps, vs, off, oc, os, scale); break;
+      default: pv_segments_r<Arch, 1>(n, seg, nseg, ps, vs, off, oc, os, scale); break;
     }
   }
+}
+/// O[R][nv·W] = scale·O + P·V for any R <= 6 and nv >= 1 vectors: one segment.
+template <class Arch>
+inline void pv_rows(int R, int nv, const float* p, long ps, const float* v, long vs, long keys, float* o,
+                    long os, const float* scale) {
+  const pv_segment seg{p, v, keys};
+  pv_segments<Arch>(R, nv, &seg, 1, ps, vs, o, os, scale);
 }
 
 /// Runtime R -> qk_tile instance whose R×(NC·W) result is stored to `tile` (row stride NC·W).
