@@ -256,7 +256,8 @@ struct strip_keys {
 /// Per-thread scratch of one query block; reused across calls, grown on demand.
 struct block_scratch {
   aligned_vector<float> q, o, tile;
-  aligned_vector<float> band;  ///< one strip's logits / weights over a chunk (strip_chunk)
+  aligned_vector<float> band;       ///< one strip's logits / weights over a chunk (strip_chunk)
+  aligned_vector<float> chunk_max;  ///< per strip row, a vector of that chunk's logit maxima
   aligned_vector<float> m, l, t, row_scale, first, topk;
   aligned_vector<float> lvec;  ///< per row, one vector of partial softmax denominators
   aligned_vector<index_t> lo, hi, count;
@@ -554,14 +555,16 @@ inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, int 
 
 /// Logits of one strip against key vectors [c0, c1) of the tile at j0, stored to the
 /// strip's logit rows `srow` (row stride `ss`): masked (options and pattern) unless
-/// `full`.
+/// `full`. Each row's running chunk maximum (a vector per row at `rmax`) takes the
+/// new logits while they are in registers, so the weights pass needs no maximum
+/// pass of its own (x86 max drops NaN: row_weights finds NaN rows another way).
 template <class Arch, class Pol, int R, int NK, class Keys>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
 #endif
 inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int r0, index_t row0,
                            index_t j0, const float* kpanel, index_t b, index_t h, batch_keys bk, bool full,
-                           bool partial, float* srow, index_t ss) {
+                           bool partial, float* srow, index_t ss, float* rmax) {
   using O = simd::ops<Arch>;
   constexpr int W = O::width;
   typename O::vf acc[R][NK];
@@ -573,9 +576,15 @@ inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scrat
       if (partial) apply_pattern_partial<Arch, R>(c, r0, row0, j0, b, h, acc);
   }
   ATTNKIT_UNROLL
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
+    typename O::vf mx = O::load(rmax + r * W);
     ATTNKIT_UNROLL
-    for (int k = 0; k < NK; ++k) O::store(srow + r * ss + k * W, acc[r][k]);
+    for (int k = 0; k < NK; ++k) {
+      O::store(srow + r * ss + k * W, acc[r][k]);
+      mx = O::max(acc[r][k], mx);
+    }
+    O::store(rmax + r * W, mx);
+  }
 }
 
 /// Instrumentation of one row's logits in a chunk (log2 units, masked = −inf):
@@ -598,36 +607,35 @@ void observe_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc,
 }
 
 /// One row's weights over its logits x[0, n) in place (n a multiple of W), merged
-/// into the row's running state: softmax takes the chunk's exact maximum, rescales
-/// the denominator (a vector, summed once in finalize) and returns α, the factor
-/// for O; sigmoid returns 1.
+/// into the row's running state: softmax takes the chunk's exact maximum (the lanes
+/// of `mxv`, gathered by tile_logits_to), rescales the denominator (a vector,
+/// summed once in finalize) and returns α, the factor for O; sigmoid returns 1.
 template <class Arch, class Pol, class Obs, class Keys>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
 #endif
 inline float row_weights(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int row, float* x, index_t n,
-                         float bias2) {
+                         const float* mxv, float bias2) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   constexpr int W = O::width;
   constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
   if constexpr (Pol::normalized) {
-    // x86 max drops NaN operands, so a NaN logit is found through a lane sum
-    // (−inf + +inf is NaN too: the oracle's row is NaN then as well). A NaN row
-    // stays NaN: its maximum, weights, denominator and α are NaN from here on.
-    vf mx = O::set1(neg_inf), probe = O::set1(0.0f);
-    for (index_t k = 0; k < n; k += W) {
-      const vf v = O::load(x + k);
-      mx = O::max(v, mx);
-      probe = probe + v;
-    }
+    // The maximum leaves NaN logits out (x86 max drops NaN operands). A NaN logit
+    // still makes its row NaN, as in the oracle: its weight 2^(NaN − m) is NaN, and
+    // so are the denominator and O from then on; a +inf logit (the maximum) gives
+    // 2^(inf − inf) = NaN the same way. Only a chunk with nothing else visible needs
+    // a look for NaN, before its weights are set to zero. A NaN maximum stays NaN.
     const float m_old = sc.m[row];
-    const float m_chunk = O::has_nan(probe) ? std::numeric_limits<float>::quiet_NaN() : O::reduce_max(mx);
-    const float m_new = m_old != m_old || m_chunk != m_chunk ? std::numeric_limits<float>::quiet_NaN()
-                                                             : std::max(m_old, m_chunk);
-    if (m_new == neg_inf) {  // nothing visible yet: weights are all zero
-      for (index_t k = 0; k < n; k += W) O::store(x + k, O::set1(0.0f));
-      return 1.0f;
+    float m_new = std::max(m_old, O::reduce_max(O::load(mxv)));  // m_old NaN: stays NaN
+    if (m_new == neg_inf) {
+      bool nan = false;
+      for (index_t k = 0; k < n; k += W) nan = O::has_nan(O::load(x + k)) || nan;
+      if (!nan) {  // nothing visible yet: weights are all zero
+        for (index_t k = 0; k < n; k += W) O::store(x + k, O::set1(0.0f));
+        return 1.0f;
+      }
+      m_new = std::numeric_limits<float>::quiet_NaN();
     }
     const float alpha = m_old == m_new ? 1.0f : std::exp2(m_old - m_new);
     const vf mv = O::set1(m_new);
@@ -711,7 +719,7 @@ void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   for (int r = 0; r < R; ++r) {
     float* x = S + r * ss + cbeg;
     if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, runs[0].key0 == 0);
-    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, bias2);
+    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, sc.chunk_max.data() + r * W, bias2);
   }
 
   // O = α·O + P·V.
@@ -775,11 +783,14 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   int nruns = 0;
   index_t cols = 0;  // buffer columns used (whole tiles)
   bool vbad = false;
+  float* rmax = sc.chunk_max.data();  // the rows' running maxima over the chunk, a vector each
+  simd::fill<Arch>(rmax, neg_inf, R * W);
   using std::integral_constant;
   for (index_t kb = kb0; kb < kb1; ++kb) {
     if (cols == chunk * BN) {  // the buffer is full: weights and P·V, then the next chunk
       chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, bias2);
       nruns = 0, cols = 0, vbad = false;
+      simd::fill<Arch>(rmax, neg_inf, R * W);
     }
     const index_t j0 = kb * BN;
     bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
@@ -805,7 +816,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
     const float* kp = khead + kb * D * BN;
     auto narrow = [&](auto nk) {
       tile_logits_to<Arch, Pol, MR, decltype(nk)::value>(c, sc, r0, row0, j0 + c0 * W, kp + c0 * W, b, h, bk, full,
-                                                         partial, stile + c0 * W, ss);
+                                                         partial, stile + c0 * W, ss, rmax);
     };
     if (R == MR) {
       if constexpr (NC == 4) {
@@ -826,7 +837,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
     const bool keep_full = full && c0 == 0 && c1 == NC;
     auto whole = [&](auto rows) {
       tile_logits_to<Arch, Pol, decltype(rows)::value, NC>(c, sc, r0, row0, j0, kp, b, h, bk, keep_full, partial,
-                                                           stile, ss);
+                                                           stile, ss, rmax);
     };
     switch (R) {
       case 6: whole(integral_constant<int, 6>{}); break;
@@ -1009,6 +1020,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
     most = std::max(most, ((sk.hi_hi + W - 1) / W * W + BN - 1) / BN - sk.lo_lo / W * W / BN);
   const bool whole_strips = c.band > 0 && c.band <= max_chunk_keys && most <= chunk_capacity<Arch>;
   grow(sc.band, static_cast<std::size_t>(MR * chunk_capacity<Arch> * BN));
+  grow(sc.chunk_max, static_cast<std::size_t>(MR * W));
   if (whole_strips) {
     for (const strip_keys& sk : strips)
       strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, sk.lo_lo / BN, (sk.hi_hi + BN - 1) / BN, bias2,
