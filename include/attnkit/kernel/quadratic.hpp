@@ -581,9 +581,9 @@ inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scrat
     ATTNKIT_UNROLL
     for (int k = 0; k < NK; ++k) {
       O::store(srow + r * ss + k * W, acc[r][k]);
-      mx = O::max(acc[r][k], mx);
+      if constexpr (Pol::normalized) mx = O::max(acc[r][k], mx);
     }
-    O::store(rmax + r * W, mx);
+    if constexpr (Pol::normalized) O::store(rmax + r * W, mx);
   }
 }
 
