@@ -86,38 +86,34 @@ struct ops {
   /// x where idx < hi, else 0 (a weight row cut at a prefix; a NaN beyond it is dropped).
   ATTNKIT_FORCE_INLINE static vf keep_below(vf x, vf idx, float hi) noexcept { return xsimd::select(idx < vf(hi), x, vf(0.0f)); }
 
+  /// 2^f for f ∈ [−0.5, 0.5] (1 + f·P(f), exp2_coef).
+  ATTNKIT_FORCE_INLINE static vf exp2_poly(vf f) noexcept {
+    using namespace exp2_coef;
+    vf p = fma(vf(c6), f, vf(c5));
+    p = fma(p, f, vf(c4));
+    p = fma(p, f, vf(c3));
+    p = fma(p, f, vf(c2));
+    p = fma(p, f, vf(c1));
+    return fma(p, f, vf(1.0f));
+  }
   /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
   ATTNKIT_FORCE_INLINE static vf exp2_fast(vf x) noexcept {
-    using namespace exp2_coef;
 #if defined(__AVX512F__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
       // 2^n·p in one vscalefps, whose write mask gives the exact zeros below the
       // underflow bound (NaN compares "not less", so it stays NaN). No lower clamp:
       // lanes below the bound (−inf among them) are never read.
-      const __m512 xc = _mm512_min_ps(_mm512_set1_ps(126.0f), x);  // NaN stays (second operand)
-      const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 f = _mm512_sub_ps(xc, n);
-      __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), f, _mm512_set1_ps(c5));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c4));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c3));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
-      p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+      const vf xc = xsimd::min(vf(126.0f), x);  // NaN stays (the second operand)
+      const vf n = xsimd::nearbyint(xc);
       const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(exp2_underflow), _CMP_NLT_UQ);
-      return _mm512_maskz_scalef_ps(keep, p, n);
+      return _mm512_maskz_scalef_ps(keep, exp2_poly(xc - n), n);
     }
 #endif
     // Constant first: x86 min/max return the second operand when either is NaN,
     // so a NaN stays NaN through the clamp.
     const vf xc = xsimd::min(vf(126.0f), xsimd::max(vf(-126.0f), x));
     const vf n = xsimd::nearbyint(xc);
-    const vf f = xc - n;
-    vf p = fma(vf(c6), f, vf(c5));
-    p = fma(p, f, vf(c4));
-    p = fma(p, f, vf(c3));
-    p = fma(p, f, vf(c2));
-    p = fma(p, f, vf(c1));
-    p = fma(p, f, vf(1.0f));
+    const vf p = exp2_poly(xc - n);
     // 2^n through the exponent field. The integer comes from a float->int conversion,
     // which maps NaN to INT_MIN (shifted out to 0), so p's NaN survives whatever its
     // payload; reading n out of the mantissa bits would splice a payload into the
