@@ -71,6 +71,12 @@ TEMPLATE_LIST_TEST_CASE("reductions, iota and masks", "[simd]", simd::compiled_a
   O::store(out, O::mask_bool(v, keep));
   for (int i = 0; i < W; ++i) CHECK((keep[i] ? out[i] == in[i] : std::isinf(out[i])));
   CHECK(O::count_finite(O::load(out)) == static_cast<float>((W + 2) / 3));
+  // mask_bits: lane l kept iff bit l is set; bits at and above the width ignored.
+  for (const std::uint32_t bits : {0u, 0xffffffffu, 0x5a5au, 0x80000001u, 0x12345u}) {
+    O::store(out, O::mask_bits(v, bits));
+    for (int i = 0; i < W; ++i)
+      CHECK((((bits >> i) & 1u) ? out[i] == in[i] : out[i] == -std::numeric_limits<float>::infinity()));
+  }
 }
 
 TEMPLATE_LIST_TEST_CASE("qk_tile and pv_tile equal plain loops", "[simd]", simd::compiled_archs) {

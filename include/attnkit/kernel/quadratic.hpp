@@ -276,6 +276,8 @@ enum class tile_class : unsigned char { empty, partial, full };
 ///   key_range hull(b, h, i)                  — a key interval containing row i's keys
 ///   tile_class classify(b, h, i0, i1, j0, j1) — analytic class of rows [i0,i1) × keys [j0,j1)
 ///   bool allowed(b, h, i, j)                 — element test, used on partial tiles only
+///   (or also uint64 allowed_bits(b, h, i, j0, n) — the same test for keys j0 … j0+n−1
+///                                               as bits, n ≤ 64: preferred when given)
 ///   (or float adjust(b, h, i, j)             — additive logit term, −inf = masked)
 ///   (or filter<Arch, NC>(b, h, i, j0, row)   — masks one row's logit vectors in place)
 /// intersected with the options' own masks, and optionally
@@ -529,6 +531,16 @@ inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, int 
   if constexpr (requires { c.keys.template filter<Arch, NC>(b, h, row0, j0, acc[0]); }) {
     for (int r = 0; r < R; ++r)  // value-based test on the row's logits (top_k)
       if (row0 + r0 + r < c.shape.q_len) c.keys.template filter<Arch, NC>(b, h, row0 + r0 + r, j0, acc[r]);
+  } else if constexpr (NC * W <= 64 && requires { c.keys.allowed_bits(b, h, row0, j0, int{}); }) {
+    // The pattern's test as bits per row, applied as lane masks. Keys past Lk never
+    // reach the pattern (nor do padding rows).
+    const int n = static_cast<int>(std::min<index_t>(NC * W, c.shape.k_len - j0));
+    for (int r = 0; r < R; ++r) {
+      const index_t row = row0 + r0 + r;
+      if (row >= c.shape.q_len) continue;
+      const std::uint64_t bits = n > 0 ? c.keys.allowed_bits(b, h, row, j0, n) : 0;
+      for (int k = 0; k < NC; ++k) acc[r][k] = O::mask_bits(acc[r][k], static_cast<std::uint32_t>(bits >> (k * W)));
+    }
   } else {  // the pattern's element test on a tile it calls partial
     alignas(64) float t[NC * W];
     for (int r = 0; r < R; ++r) {

@@ -128,6 +128,18 @@ struct ops {
   ATTNKIT_FORCE_INLINE static vf abs(vf x) noexcept { return xsimd::abs(x); }
   ATTNKIT_FORCE_INLINE static float first_lane(vf x) noexcept { return x.get(0); }
   /// x where keep[lane] is true, else −inf (boolean attention mask, true = attend).
+  /// x where bit l of `keep` is set (lane l), else −inf.
+  ATTNKIT_FORCE_INLINE static vf mask_bits(vf x, std::uint32_t keep) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>)
+      return _mm512_mask_blend_ps(static_cast<__mmask16>(keep), _mm512_set1_ps(-std::numeric_limits<float>::infinity()), x);
+#endif
+    alignas(64) float t[width];
+    x.store_unaligned(t);
+    for (int i = 0; i < width; ++i)
+      if (!((keep >> i) & 1u)) t[i] = -std::numeric_limits<float>::infinity();
+    return vf::load_unaligned(t);
+  }
   ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const bool* keep) noexcept {
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
@@ -188,6 +200,9 @@ struct ops<scalar> {
   ATTNKIT_FORCE_INLINE static vf tanh(vf x) noexcept { return std::tanh(x); }
   ATTNKIT_FORCE_INLINE static vf abs(vf x) noexcept { return std::abs(x); }
   ATTNKIT_FORCE_INLINE static float first_lane(vf x) noexcept { return x; }
+  ATTNKIT_FORCE_INLINE static vf mask_bits(vf x, std::uint32_t keep) noexcept {
+    return (keep & 1u) ? x : -std::numeric_limits<float>::infinity();
+  }
   ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const bool* keep) noexcept {
     return *keep ? x : -std::numeric_limits<float>::infinity();
   }
