@@ -12,6 +12,11 @@
 //   block_sparse/density:0.25/N:4096/...    random block layout (64×64 blocks); flop: 4·D per visited key
 //   dense_for_block_sparse/N:4096/...       the same call with every block on
 //   stochastic_permutation/W:256/N:...      symmetric window of 257 ranks; flop: 4·D per visited key
+//   dilated_window/W:128/dilation:2/...     the other static patterns; flop: 4·D per allowed pair,
+//   neighborhood_1d/kernel:255[/dilation:4]  counter `density` = allowed pairs / N²
+//   neighborhood_2d/grid:64x64/kernel:15x15
+//   power_attention/block:64, sink_window/sinks:4/W:256/N:4096|16384
+//   flex_prefill/gamma:0.9/N:4096/...       block-structured Q/K; flop: 4·D per key of the kept blocks
 //   top_k/k:64/N:4096/threads:T             sparse{top_k{64}}, non-causal; flop: 6·D per key (selection
 //                                           Q·Kᵀ, then Q·Kᵀ and P·V; with random data nearly every
 //                                           tile holds a kept key, so the main pass skips almost none)
@@ -20,6 +25,7 @@
 //   softmax_decode_fp16/Lk:4096/D:128/H:8   the same with fp16 K/V
 #include <attnkit/attnkit.hpp>
 
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +47,31 @@ struct inputs {
         v(random_vector(static_cast<std::size_t>(heads * n * dim), 3)),
         o(static_cast<std::size_t>(heads * n * dim)) {}
 };
+
+/// Q and K whose 64-token blocks each share an offset vector (1.5 × a unit
+/// Gaussian one per block and head), so a block-selection pattern sees
+/// different block means; V plain noise.
+struct structured_inputs : inputs {
+  explicit structured_inputs(index_t n) : inputs(n) {
+    const auto offsets = random_vector(static_cast<std::size_t>(2 * heads * (n / 64 + 1) * dim), 4, 1.5f);
+    for (int which = 0; which < 2; ++which) {
+      float* x = which == 0 ? q.data() : k.data();
+      for (index_t r = 0; r < heads * n; ++r) {
+        const float* off = offsets.data() + ((which * heads + r / n) * (n / 64 + 1) + r % n / 64) * dim;
+        for (index_t d = 0; d < dim; ++d) x[r * dim + d] += off[d];
+      }
+    }
+  }
+};
+
+/// Number of (query, key) pairs a static pattern allows in self-attention of n tokens.
+template <class Pattern>
+double allowed_pairs(const Pattern& pat, index_t n) {
+  double pairs = 0;
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < n; ++j) pairs += pat.allowed(i, j, n, n) ? 1.0 : 0.0;
+  return pairs;
+}
 
 /// Runs `pol` on N tokens; `flop` is the useful work of one call.
 template <class Policy, class Observer = attnkit::null_observer>
@@ -126,6 +157,7 @@ void register_all(bool quick) {
     const double flop_q = 4.0 * dim * on * 64 * 64 * heads, flop_f = 4.0 * dim * static_cast<double>(n) * n * heads;
     for (int t : thread_counts) {
       benchmark::RegisterBenchmark(("block_sparse/density:0.25" + tail(n, t)).c_str(), [=](benchmark::State& st) {
+        st.counters["density"] = on / static_cast<double>(nb * nb);  // the layout's own: 0.252
         run_case(st, attnkit::sparse{attnkit::pattern::block_sparse{reinterpret_cast<const bool*>(quarter.data()), 64, 64, nb, nb}},
                  n, false, t, flop_q);
       })->Unit(ms);
@@ -156,6 +188,61 @@ void register_all(bool quick) {
     benchmark::RegisterBenchmark(("top_k/k:64" + tail(n, t)).c_str(), [=](benchmark::State& st) {
       run_case(st, attnkit::sparse{attnkit::pattern::top_k{.k = 64}}, n, false, t,
                6.0 * dim * static_cast<double>(n) * static_cast<double>(n) * heads);
+    })->Unit(ms);
+  }
+
+  // The other static patterns, each at N = 4096 (sink window also at 16384: its
+  // cost is linear in N), flop = 4·D per allowed (query, key) pair, counted from
+  // the pattern's own `allowed` once, on the first run of the case.
+  const auto static_case = [&](const std::string& name, auto pat, index_t n, int t) {
+    auto pairs = std::make_shared<double>(-1.0);
+    benchmark::RegisterBenchmark((name + tail(n, t)).c_str(), [=](benchmark::State& st) {
+      if (*pairs < 0) *pairs = allowed_pairs(pat, n);
+      st.counters["density"] = *pairs / (static_cast<double>(n) * static_cast<double>(n));
+      run_case(st, attnkit::sparse{pat}, n, false, t, 4.0 * dim * *pairs * heads);
+    })->Unit(ms);
+  };
+  for (int t : thread_counts) {
+    static_case("dilated_window/W:128/dilation:2", attnkit::pattern::dilated_window{128, 2}, 4096, t);
+    static_case("neighborhood_1d/kernel:255", attnkit::pattern::neighborhood_1d{255, 1}, 4096, t);
+    static_case("neighborhood_1d/kernel:255/dilation:4", attnkit::pattern::neighborhood_1d{255, 4}, 4096, t);
+    static_case("neighborhood_2d/grid:64x64/kernel:15x15", attnkit::pattern::neighborhood_2d{64, 64, 15, 15, 1}, 4096, t);
+    static_case("power_attention/block:64", attnkit::pattern::power_attention{64, 1, 1}, 4096, t);
+    for (index_t n : quick ? std::vector<index_t>{4096} : std::vector<index_t>{4096, 16384})
+      static_case("sink_window/sinks:4/W:256", attnkit::pattern::sink_window{4, 256}, n, t);
+  }
+
+  // FlexPrefill block selection (gamma 0.9) on inputs with block structure (each
+  // 64-token block of Q and K shares an offset vector, so block means differ and
+  // the selection concentrates; on i.i.d. noise it would keep about 90% of the
+  // blocks). flop = 4·D per key of the kept blocks, counted from the kernel's own
+  // selection (detail::select_blocks) once; the selection pass is not counted.
+  for (int t : thread_counts) {
+    const index_t n = 4096;
+    benchmark::RegisterBenchmark(("flex_prefill/gamma:0.9" + tail(n, t)).c_str(), [=](benchmark::State& st) {
+      structured_inputs in(n);
+      const attnkit::pattern::flex_prefill pat{.gamma = 0.9, .block = 64, .min_budget = 1};
+      attnkit::options opt;
+      opt.num_threads = t;
+      const auto q = attnkit::bhsd(in.q.data(), 1, heads, n, dim), k = attnkit::bhsd(in.k.data(), 1, heads, n, dim),
+                 v = attnkit::bhsd(in.v.data(), 1, heads, n, dim);
+      const auto o = attnkit::bhsd(in.o.data(), 1, heads, n, dim);
+      const attnkit::problem_shape sh{1, heads, heads, n, n, dim, dim};
+      const auto sel = attnkit::detail::select_blocks(pat, sh, attnkit::tensor_view<const float>(q),
+                                                      attnkit::tensor_view<const float>(k), opt, t);
+      double kept = 0;
+      for (unsigned char x : sel.keep) kept += x;
+      const double pairs = kept * 64 * 64;  // N is a multiple of the block: every block is 64×64
+      st.counters["density"] = pairs / (static_cast<double>(n) * static_cast<double>(n) * heads);
+      const attnkit::sparse pol{pat};
+      attnkit::attention(pol, q, k, v, o, opt);  // warm-up
+      const wall_timer timer;
+      for (auto _ : st) {
+        attnkit::attention(pol, q, k, v, o, opt);
+        benchmark::DoNotOptimize(in.o.data());
+        benchmark::ClobberMemory();
+      }
+      set_flop_counters(st, 4.0 * dim * pairs, t, timer.seconds());
     })->Unit(ms);
   }
 

@@ -122,7 +122,8 @@ def main():
             f"peak loop: {context.get('fma_peak_isa', '?')}",
             f"- host: {context.get('host_name', '?')}, {context.get('num_cpus', '?')} CPUs", ""]
     out += ["All ratios use the limits measured in this run (below). fp32, B = 1, H = 8, Lq = Lk = N. "
-            "GFLOP/s count useful flop only: 4·N²·D·H, halved for causal. "
+            "GFLOP/s count useful flop only: 4·N²·D·H, halved for causal; 4·D·H per allowed (query, key) "
+            "pair for sparse patterns (`density` = allowed pairs ÷ N²). "
             "% of peak = GFLOP/s ÷ (1-core FMA peak × threads).", ""]
 
     out += ["## Machine limits (this run, measured in each benchmark process)", "",
@@ -205,6 +206,35 @@ def main():
             if gflops(sm):
                 s = r["counters"]["GFLOPS"] / gflops(sm)
                 ratio_rows.append((f"`{name}` vs `{sm}`", f"{s:.2f}×", f"≥ 1.0: {mark(s >= 1.0)}"))
+    # The sparse and instrumentation targets: block-sparse time against density,
+    # stochastic permutation against the symmetric window of the same width, the
+    # sliding window's time per ×4 of N, the entropy observer's overhead.
+    def time_of(name):
+        return by_name[name][2]["time"] if name in by_name else None
+
+    for v, f, name, r in prefill:
+        if v == "block_sparse":
+            dense = f"dense_for_block_sparse/N:{f['N']}/threads:{f['threads']}"
+            rho = r["counters"].get("density")
+            if time_of(dense) and rho:
+                x = r["time"] / time_of(dense)
+                ratio_rows.append((f"`{name}` vs `{dense}` (time; layout density ρ = {rho:.3f})", f"{x:.3f}×",
+                                   f"ρ ± 20% ({0.8 * rho:.3f}–{1.2 * rho:.3f}): {mark(0.8 * rho <= x <= 1.2 * rho)}"))
+        elif v == "stochastic_permutation":
+            sym = name.replace("stochastic_permutation/", "sliding_window_sym/", 1)
+            if time_of(sym):
+                x = r["time"] / time_of(sym)
+                ratio_rows.append((f"`{name}` vs `{sym}` (time)", f"{x:.2f}×", f"≤ 1.15: {mark(x <= 1.15)}"))
+        elif v == "sliding_window":
+            bigger = name.replace(f"/N:{f['N']}/", f"/N:{4 * f['N']}/")
+            if time_of(bigger):
+                x = time_of(bigger) / r["time"]
+                ratio_rows.append((f"`{bigger}` vs `{name}` (time, N ×4)", f"{x:.2f}×", f"≤ 4.4: {mark(x <= 4.4)}"))
+        elif v == "entropy" and f.get("on"):
+            off = name.replace("entropy/on/", "entropy/off/", 1)
+            if time_of(off):
+                x = r["time"] / time_of(off)
+                ratio_rows.append((f"`{name}` vs `{off}` (time)", f"{x:.2f}×", f"≤ 1.10: {mark(x <= 1.10)}"))
     if ratio_rows:
         out += ["## Ratios", "", "| comparison | ratio | perf.md target |", "|---|---|---|"]
         out += [f"| {a} | {b} | {c} |" for a, b, c in ratio_rows]
