@@ -118,6 +118,23 @@ TEST_CASE("entropy observer vs reference oracle: softmax rows and head statistic
   }
 }
 
+TEST_CASE("entropy observer vs reference oracle: dilated patterns in residue order", "[observe][reference]") {
+  // Self-attention with dilation > 1 runs on ranks in residue order (token 0 is
+  // rank 0): rows, n_i, first-token and top-k mass must still be the tokens' own.
+  problem p(1, 4, 2, 203, 203, 40, 40, 78, 1.5f);
+  const auto run = [&](const auto& pol) {
+    std::vector<float> out(p.out_size());
+    std::vector<double> ref_out(p.out_size());
+    entropy_stats st({.top_k = 6});
+    attention(pol, p.qv(), p.kv(), p.vv(), p.ov(out), {}, observe(st));
+    const auto ref = reference::attention(pol, p.qv(), p.kv(), p.vv(), bhsd(ref_out.data(), p.B, p.Hq, p.Lq, p.Dv),
+                                          {}, {.top_k = 6});
+    compare(st, ref, true, false);
+  };
+  SECTION("dilated window") { run(sparse{pattern::dilated_window{9, 3}}); }
+  SECTION("neighbourhood 1-D") { run(sparse{pattern::neighborhood_1d{13, 4}}); }
+}
+
 TEST_CASE("entropy observer vs reference oracle: sinks and sigmoid", "[observe][reference]") {
   for (index_t Lq : {index_t{2}, index_t{45}}) {  // decode and quadratic
     problem p(1, 4, 2, Lq, 700, 40, 40, 91);

@@ -51,6 +51,33 @@ TEMPLATE_LIST_TEST_CASE("static and block-selection patterns match the oracle", 
   check<TestType>(sparse{pattern::sink_window{4, 30}}, p, ab, "sink window + ALiBi + softcap");
 }
 
+// Self-attention with dilation > 1 and no positional option runs in residue order
+// (kernel/pattern.hpp, residue_keys): queries and keys of one residue class side by
+// side, a plain band on ranks. Odd lengths (groups of unequal size), groups smaller
+// than the kernel, GQA, softcap (position-free), the sigmoid inner policy; with a
+// causal mask the same patterns take the position-space path (checked above too).
+TEMPLATE_LIST_TEST_CASE("dilated patterns in residue order match the oracle", "[sparse][oracle]",
+                        attnkit_test::archs) {
+  const index_t L = simd::is_scalar_v<TestType> ? 97 : 301;
+  problem p(2, 4, 2, L, L, 40, 24, 21);
+  options capped;
+  capped.softcap = 5.0f;
+  for (const options& o : {options{}, capped}) {
+    check<TestType>(sparse{pattern::dilated_window{9, 3}}, p, o, "dilated window, d = 3");
+    check<TestType>(sparse{pattern::dilated_window{40, 2}}, p, o, "dilated window, d = 2");
+    check<TestType>(sparse{pattern::dilated_window{3, 150}}, p, o, "dilated window, d = 150 (groups of 2 or 3)");
+    check<TestType>(sparse{pattern::neighborhood_1d{13, 2}}, p, o, "neighbourhood 1-D, d = 2");
+    check<TestType>(sparse{pattern::neighborhood_1d{64, 4}}, p, o, "neighbourhood 1-D, kernel 64, d = 4");
+    check<TestType>(sparse{pattern::neighborhood_1d{8, 7}}, p, o, "neighbourhood 1-D, even kernel, d = 7");
+    check<TestType>(sparse{pattern::neighborhood_1d{50, 9}}, p, o, "neighbourhood 1-D, groups below the kernel");
+    const auto e = compare_with_oracle<TestType>(sparse{pattern::neighborhood_1d{21, 3}, sigmoid{}}, p, o);
+    CHECK(e.out <= tol);
+  }
+  options c;
+  c.causal = causal::top_left;
+  check<TestType>(sparse{pattern::neighborhood_1d{13, 2}}, p, c, "neighbourhood 1-D, d = 2, causal (positions)");
+}
+
 TEMPLATE_LIST_TEST_CASE("stochastic permutation matches the oracle", "[permutation][oracle]", attnkit_test::archs) {
   const index_t L = simd::is_scalar_v<TestType> ? 60 : 300;
   problem p(2, 4, 2, L, L, 40, 24, 19);

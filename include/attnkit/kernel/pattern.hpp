@@ -9,6 +9,7 @@
 #include <bit>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../policy/sparse.hpp"
@@ -333,6 +334,54 @@ index_t pattern_band(const P& p) {
     return 0;
 }
 
+/// A dilated window or 1-D neighbourhood in residue order: tokens sorted by
+/// p mod dilation (group r holds r, r + d, r + 2d, …, in order), where each query
+/// sees one contiguous run of its own group. The skeleton then runs a plain band
+/// of full tiles on ranks (reading Q/K/V and writing O at the tokens' own rows, as
+/// for stochastic permutation) instead of masking all but 1/d of each tile of the
+/// position-space hull. Rank 0 is token 0, so the observer's key-0 logit holds.
+/// Used for self-attention without options that depend on positions (causal,
+/// window, key lengths, mask, bias, ALiBi): those stay on the position-space path.
+template <class P>
+struct residue_keys {
+  static constexpr bool active = true;
+  const P& pat;
+  const std::vector<index_t>& order;  ///< token at rank r
+  index_t n = 0, dil = 1;
+
+  index_t token(index_t, index_t r) const { return order[static_cast<std::size_t>(r)]; }
+  index_t kv_token(index_t, index_t r) const { return order[static_cast<std::size_t>(r)]; }
+  key_range hull(index_t, index_t, index_t r) const {
+    const index_t t = order[static_cast<std::size_t>(r)], m = t / dil, first = r - m;  // first: rank of group start
+    const index_t size = (n - t % dil + dil - 1) / dil;
+    if constexpr (std::is_same_v<P, pattern::dilated_window>) {
+      return {first + std::max<index_t>(0, m - pat.window), first + std::min(size, m + pat.window + 1)};
+    } else {
+      if (size <= pat.kernel) return {first, first + size};
+      const index_t start = std::clamp<index_t>(m - pat.kernel / 2, 0, size - pat.kernel);
+      return {first + start, first + start + pat.kernel};
+    }
+  }
+  tile_class classify(index_t, index_t, index_t, index_t, index_t, index_t) const { return tile_class::full; }
+  bool allowed(index_t b, index_t h, index_t i, index_t j) const { return hull(b, h, i).contains(j); }
+};
+
+/// Tokens 0 … n − 1 sorted by residue mod d (stable); the calling thread keeps
+/// the last order, so a stream of same-shape calls builds it once.
+inline std::shared_ptr<const std::vector<index_t>> residue_order(index_t n, index_t d) {
+  thread_local index_t last_n = -1, last_d = -1;
+  thread_local std::shared_ptr<const std::vector<index_t>> cached;
+  if (cached && last_n == n && last_d == d) return cached;
+  auto order = std::make_shared<std::vector<index_t>>();
+  order->reserve(static_cast<std::size_t>(n));
+  for (index_t r = 0; r < d; ++r)
+    for (index_t t = r; t < n; t += d) order->push_back(t);
+  cached = std::move(order);
+  last_n = n;
+  last_d = d;
+  return cached;
+}
+
 template <class Arch, class P, class Inner, class Obs, class KV>
 void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
@@ -345,6 +394,21 @@ void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tens
     run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, top_k_keys<Arch>{pol.pattern.k, sh.k_len});
   } else {
     static_assert(pattern::static_pattern<P>, "attnkit: this data-dependent pattern has no kernel yet");
+    if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
+      const bool positional = opt.causal != causal::none || opt.window.active() || !opt.key_lengths.empty() ||
+                              opt.mask.data || opt.bias.data || !opt.alibi_slopes.empty();
+      if (pol.pattern.dilation > 1 && sh.q_len == sh.k_len && !positional) {
+        const auto order = residue_order(sh.k_len, pol.pattern.dilation);  // kept alive for the call
+        index_t band = 0;  // the window on ranks
+        if constexpr (std::is_same_v<P, pattern::dilated_window>)
+          band = 2 * pol.pattern.window + 1;
+        else
+          band = pol.pattern.kernel;
+        run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs,
+                            residue_keys<P>{pol.pattern, *order, sh.k_len, pol.pattern.dilation}, band);
+        return;
+      }
+    }
     run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, static_pattern_keys<P>{pol.pattern, opt, sh.q_len, sh.k_len},
                         pattern_band(pol.pattern));
   }
