@@ -115,3 +115,30 @@ TEST_CASE("allowed_bits equals allowed for a block selection", "[sparse][bits]")
     CHECK(compare_bits(sel, 250, 310, 2, 3) == 2 * 250 * 6);
   }
 }
+
+TEST_CASE("tile_keys holds every allowed key of a strip's tile (sink window)", "[sparse][bits]") {
+  // The skeleton computes only the vectors of a partial tile inside tile_keys.
+  for (const pattern::sink_window pat : {pattern::sink_window{4, 50}, pattern::sink_window{0, 64},
+                                         pattern::sink_window{70, 10}, pattern::sink_window{1, 300}}) {
+    for (const index_t q_len : {300, 90}) {
+      const index_t k_len = 300;
+      options opt;
+      const detail::static_pattern_keys<pattern::sink_window> keys{pat, opt, q_len, k_len};
+      std::int64_t inside = 0;
+      for (index_t i0 = 0; i0 < q_len; i0 += 5)
+        for (index_t rows = 1; rows <= 6 && i0 + rows <= q_len; ++rows)
+          for (index_t j0 = 0; j0 < k_len; j0 += 64) {
+            const key_range kr = keys.tile_keys(0, 0, i0, i0 + rows, j0, j0 + 64);
+            for (index_t i = i0; i < i0 + rows; ++i)
+              for (index_t j = j0; j < std::min(k_len, j0 + 64); ++j)
+                if (keys.allowed(0, 0, i, j)) {
+                  INFO("sinks " << pat.sinks << " window " << pat.window << " rows " << i0 << " + " << rows << " key "
+                                << j << " range [" << kr.lo << ", " << kr.hi << ")");
+                  REQUIRE(kr.contains(j));
+                  ++inside;
+                }
+          }
+      CHECK(inside > 0);
+    }
+  }
+}

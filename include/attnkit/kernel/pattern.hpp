@@ -115,6 +115,19 @@ struct static_pattern_keys {
 
   bool allowed(index_t b, index_t, index_t i, index_t j) const { return pat.allowed(i, j, q_len, lk(b)); }
 
+  /// Sink window: an interval holding every key rows [i0, i1) may see among keys
+  /// [j0, j1) (the sinks' tile far behind the window: its first `sinks` keys).
+  key_range tile_keys(index_t b, index_t, index_t i0, index_t i1, index_t j0, index_t j1) const
+    requires std::is_same_v<P, pattern::sink_window>
+  {
+    const index_t p0 = pos(b, i0), p1 = pos(b, i1 - 1);
+    const key_range sinks{std::max<index_t>(j0, 0), std::min({j1, pat.sinks, p1 + 1})};
+    const key_range recent{std::max(j0, p0 - pat.window + 1), std::min(j1, p1 + 1)};
+    if (sinks.size() <= 0) return recent.size() > 0 ? recent : key_range{j0, j0};
+    if (recent.size() <= 0) return sinks;
+    return {std::min(sinks.lo, recent.lo), std::max(sinks.hi, recent.hi)};
+  }
+
   /// allowed(b, h, i, j) for keys j0 … j0 + n − 1 as bits (bit jj: key j0 + jj;
   /// 0 < n ≤ 64, j0 ≥ 0): the partial-tile test as a few interval and stride
   /// operations per row instead of a call per element (which, with the divisions

@@ -276,6 +276,9 @@ enum class tile_class : unsigned char { empty, partial, full };
 ///   key_range hull(b, h, i)                  — a key interval containing row i's keys
 ///   tile_class classify(b, h, i0, i1, j0, j1) — analytic class of rows [i0,i1) × keys [j0,j1)
 ///   bool allowed(b, h, i, j)                 — element test, used on partial tiles only
+///   (optional key_range tile_keys(b, h, i0, i1, j0, j1) — an interval holding every
+///                                               allowed key of a partial tile: the
+///                                               vectors outside it are not computed)
 ///   (or also uint64 allowed_bits(b, h, i, j0, n) — the same test for keys j0 … j0+n−1
 ///                                               as bits, n ≤ 64: preferred when given)
 ///   (or float adjust(b, h, i, j)             — additive logit term, −inf = masked)
@@ -813,12 +816,30 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       partial = tc == tile_class::partial;
       full = full && !partial;
     }
+    // Vectors outside [js, je) are masked for every row of the strip: not computed.
+    int c0 = static_cast<int>(std::max<index_t>(js - j0, 0) / W);
+    int c1 = static_cast<int>((std::min<index_t>(je - j0, BN) + W - 1) / W);
+    bool trimmed = false;
+    if constexpr (requires { c.keys.tile_keys(b, h, row0, row0, j0, j0); }) {
+      // A partial tile whose allowed keys lie in fewer vectors (the sinks of a sink
+      // window): only those are computed; the slot's other columns read −inf.
+      if (partial) {
+        const key_range kr = c.keys.tile_keys(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
+        const int t0 = static_cast<int>(std::clamp<index_t>(kr.lo - j0, 0, BN) / W);
+        const int t1 = static_cast<int>((std::clamp<index_t>(kr.hi - j0, 0, BN) + W - 1) / W);
+        if (t0 > c0 || t1 < c1) {
+          c0 = std::max(c0, t0), c1 = std::min(c1, t1), trimmed = true;
+          if (c1 <= c0) continue;
+        }
+      }
+    }
     prefetch_some();  // visited tiles only: on an empty one the call cost more than the tile
     vbad = c.kv.ensure(bg, kb) || vbad;
-    // Vectors outside [js, je) are masked for every row of the strip: not computed.
-    const int c0 = static_cast<int>(std::max<index_t>(js - j0, 0) / W);
-    const int c1 = static_cast<int>((std::min<index_t>(je - j0, BN) + W - 1) / W);
     float* stile = S + cols;
+    if (trimmed)
+      for (int r = 0; r < R; ++r)
+        for (int k = 0; k < NC; ++k)
+          if (k < c0 || k >= c1) O::store(stile + r * ss + k * W, O::set1(neg_inf));
     if (nruns > 0 && runs[nruns - 1].key1 == j0 + c0 * W) {
       runs[nruns - 1].key1 = j0 + c1 * W;
     } else {
