@@ -100,11 +100,12 @@ TEST_CASE("LLN's one-pass standard deviation holds on data far from zero", "[lln
   mean /= static_cast<double>(x.size());
   for (float e : x) m2 += (e - mean) * (e - mean);
   const double ref = std::sqrt(m2 / static_cast<double>(x.size() - 1));
+  workspace ws;
   for (int threads : {1, 3}) {
-    const double got = detail::sample_std_of(view, threads);
+    const double got = detail::sample_std_of(view, threads, ws);
     CHECK(std::abs(got - ref) <= 1e-9 * ref);
   }
-  CHECK(detail::sample_std_of(view, 1) == detail::sample_std_of(view, 3));  // thread-count independent
+  CHECK(detail::sample_std_of(view, 1, ws) == detail::sample_std_of(view, 3, ws));  // thread-count independent
 }
 
 TEST_CASE("LLN's key shift is the largest β·k over each head's valid keys", "[lln]") {
@@ -125,12 +126,13 @@ TEST_CASE("LLN's key shift is the largest β·k over each head's valid keys", "[
   const std::int64_t lens[2] = {30, 40};
   options o;
   o.key_lengths = lens;
+  workspace ws;
   problem_shape sh{};
   sh.batch = p.B, sh.q_heads = p.Hq, sh.kv_heads = p.Hkv, sh.q_len = p.Lq, sh.k_len = L, sh.head_dim = D, sh.value_dim = p.Dv;
   for (const double beta : {1.3, -0.8, 0.0, 1e-3}) {
     log_normal pol{.alpha = 1.0, .beta = beta};
     detail::lln_feature_pair<simd::default_arch> f;
-    detail::lln_features<simd::default_arch>(pol, sh, p.qv(), p.kv(), o, f);
+    detail::lln_features<simd::default_arch>(pol, sh, p.qv(), p.kv(), o, f, ws);
     for (index_t b = 0; b < p.B; ++b)
       for (index_t g = 0; g < p.Hkv; ++g) {
         float m = -inf;
@@ -148,5 +150,5 @@ TEST_CASE("LLN's key shift is the largest β·k over each head's valid keys", "[
   for (float e : s.q) mean += e;
   mean /= static_cast<double>(s.q.size());
   for (float e : s.q) m2 += (e - mean) * (e - mean);
-  CHECK(std::abs(detail::sample_std_of(view, 2) - std::sqrt(m2 / static_cast<double>(s.q.size() - 1))) <= 1e-12 * std::sqrt(m2));
+  CHECK(std::abs(detail::sample_std_of(view, 2, ws) - std::sqrt(m2 / static_cast<double>(s.q.size() - 1))) <= 1e-12 * std::sqrt(m2));
 }

@@ -66,7 +66,7 @@ template <class Arch, class Pol, class TK, class Obs = null_observer>
 outcome compare(const Pol& pol, const tensor_view<const float>& q, const tensor_view<const TK>& k,
                 const tensor_view<const TK>& v, index_t Dv, options opt, reference::result* ref_out = nullptr,
                 Obs&& obs = {}) {
-  constexpr bool normalized = decltype(pol.inner)::normalized;
+  constexpr bool normalized = decltype(pol.inner)::normalization == attnkit::normalization::softmax;
   const index_t B = q.batch(), H = q.heads(), Lq = q.seq(), rows = B * H * Lq;
   std::vector<float> out(static_cast<std::size_t>(rows * Dv), -7.0f), lse(static_cast<std::size_t>(rows));
   std::vector<double> ref(out.size());

@@ -28,6 +28,7 @@
 #include "observe/observer.hpp"
 #include "observe/regularizer.hpp"
 #include "parallel/thread_pool.hpp"
+#include "parallel/workspace.hpp"
 #include "policy/family.hpp"
 #include "policy/linear.hpp"
 #include "policy/log_normal.hpp"

@@ -3,6 +3,7 @@
 /// Everything about an attention call that is not the variant itself: scale,
 /// masks, alignment, threads, optional outputs. Aggregate with defaults, so
 /// `attnkit::options opt; opt.causal = attnkit::causal::bottom_right;` reads well.
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -10,6 +11,8 @@
 #include "tensor_view.hpp"
 
 namespace attnkit {
+
+class workspace;
 
 /// Causal alignment; the two differ when Lq != Lk (Δ = Lk − Lq).
 enum class causal : std::uint8_t {
@@ -59,6 +62,14 @@ struct options {
   /// Optional output: log-sum-exp of each row's logits, contiguous [B, Hq, Lq] floats
   /// (natural log). Softmax family only. nullptr: not written.
   float* lse = nullptr;
+  /// Scratch memory for the call (parallel/workspace.hpp); nullptr: one leased from
+  /// the library's pool. A workspace serves one call at a time.
+  attnkit::workspace* workspace = nullptr;
 };
+
+/// The logit scale τ of a call: options.scale, else 1/sqrt(D).
+inline double resolved_scale(const options& opt, index_t head_dim) noexcept {
+  return opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
 
 }  // namespace attnkit

@@ -18,12 +18,27 @@ inline constexpr index_t decode_chunk = 512;
 /// The decode path is taken when q_len · group <= this many rows.
 inline constexpr index_t decode_max_rows = 16;
 
+/// A worker's decode buffers beyond block_scratch (in its workspace slot).
+struct decode_scratch {
+  aligned_vector<std::uint16_t> qsplit;  ///< bf16 hi/lo halves of the scaled query rows
+  aligned_vector<float> kwide, vwide;    ///< 16-bit K row / V rows widened to float
+  std::size_t bytes() const {
+    return qsplit.capacity() * sizeof(std::uint16_t) + (kwide.capacity() + vwide.capacity()) * sizeof(float);
+  }
+};
+
+/// The per-chunk partial states of a decode call (call-wide, in the workspace).
+struct decode_partials {
+  aligned_vector<float> records;
+  std::size_t bytes() const { return records.capacity() * sizeof(float); }
+};
+
 template <class Arch, class Pol, class Obs, class KV>
 void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                const options& opt, Obs& obs) {
+                const options& opt, Obs& obs, workspace& ws) {
   using O = simd::ops<Arch>;
-  constexpr bool normalized = Pol::normalized;
+  constexpr bool normalized = online_softmax<Pol>;
   const int threads = resolve_num_threads(opt.num_threads);
   const index_t G = sh.group(), Lq = sh.q_len, Lk = sh.k_len, D = sh.head_dim, Dv = sh.value_dim;
   const index_t rows = G * Lq;  // query rows sharing one kv head
@@ -32,21 +47,23 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
   int K = 0;  // top-k logits tracked per row for the observer
   if constexpr (Obs::enabled) K = std::max(0, obs.top_k());
   const index_t rec = Dv + 5 + K;  // partial record: m, l, t, count, first, o[Dv], topk[K]
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
-  const float q_scale = static_cast<float>(tau * std::numbers::log2e);
+  const double tau = resolved_scale(opt, sh.head_dim);
+  const float q_scale = static_cast<float>(tau * logit_unit<Pol>);
   const bool elementwise = has_elementwise_terms(opt);
 
-  thread_local aligned_vector<float> partial_storage;
+  ws.reserve_slots(threads);
+  auto& partial_storage = ws.shared().get<decode_partials>().records;
   const std::size_t need = static_cast<std::size_t>(heads * chunks * rows * rec);
   if (partial_storage.size() < need) partial_storage.resize(need);
   float* partial = partial_storage.data();
 
-  parallel_for(heads * chunks, threads, [&](index_t task) {
+  parallel_for(heads * chunks, threads, [&](index_t task, int slot) {
     const index_t bg = task / chunks, ch = task % chunks;
     const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads;
     const index_t j0 = ch * decode_chunk, j1 = std::min(Lk, j0 + decode_chunk);
     const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
-    block_scratch& sc = thread_scratch();
+    block_scratch& sc = ws.slot(slot).get<block_scratch>();
+    decode_scratch& dsc = ws.slot(slot).get<decode_scratch>();
     auto grow = [](auto& vec, std::size_t size) {
       if (vec.size() < size) vec.resize(size);
     };
@@ -85,7 +102,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       // simd::dot16, so 16-bit and fp32 storage of the same values agree bitwise.
       constexpr bool native_bf16 = std::is_same_v<KV, bfloat16> && simd::has_native_bf16_dot<Arch>;
       const index_t dp = native_bf16 ? simd::bf16_padded(D) : 0;
-      thread_local aligned_vector<std::uint16_t> qsplit;
+      auto& qsplit = dsc.qsplit;
       if constexpr (native_bf16) {
         if (qsplit.size() < static_cast<std::size_t>(2 * rows * dp)) qsplit.resize(static_cast<std::size_t>(2 * rows * dp));
         for (index_t r = 0; r < rows; ++r)
@@ -113,7 +130,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     } else {
       // Logits: each K row is read once for every row of the group (16-bit storage
       // is widened into a per-thread row first).
-      thread_local aligned_vector<float> kwide;
+      auto& kwide = dsc.kwide;
       if constexpr (!std::is_same_v<KV, float>)
         if (kwide.size() < static_cast<std::size_t>(D)) kwide.resize(static_cast<std::size_t>(D));
       for (index_t j = j0; j < j1; ++j) {
@@ -143,7 +160,8 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
     }
     if (elementwise)
       for (index_t r = 0; r < rows; ++r)
-        apply_elementwise(S + r * len, len, len, 1, r % Lq, j0, opt, b, g * G + r / Lq, bk, &sc.lo[r], &sc.hi[r]);
+        apply_elementwise(S + r * len, len, len, 1, r % Lq, j0, opt, b, g * G + r / Lq, bk, &sc.lo[r], &sc.hi[r],
+                          logit_unit<Pol>);
     if constexpr (Obs::enabled)
       if (elementwise)
         for (index_t r = 0; r < rows; ++r)
@@ -158,12 +176,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
           for (index_t j = 0; j < len; ++j) topk_insert(list, K, S[r * len + j]);
       }
     // Weights and per-row partial state.
-    const float bias2 = [&] {
-      if constexpr (!normalized)
-        return static_cast<float>(pol.resolved_bias(bk.lk)) * log2e;
-      else
-        return 0.0f;
-    }();
+    const auto wp = resolve_weight(pol, weight_context{bk.lk, Lq, D});
     for (index_t r = 0; r < rows; ++r) {
       float* rowS = S + r * len;
       float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
@@ -198,19 +211,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
           std::fill_n(rowS, len, 0.0f);
         }
       } else {
-        for (index_t j = 0; j < len; ++j) {
-          if (rowS[j] == neg_inf) {
-            rowS[j] = 0.0f;
-            continue;
-          }
-          const float e = std::exp2(-(rowS[j] + bias2));
-          const float w = 1.0f / (1.0f + e);
-          rowS[j] = w;
-          if constexpr (Obs::enabled && Obs::wants_entropy) {  // mass and Σ w log w
-            l += w;
-            t -= w * std::log1p(std::min(e, 3.0e38f));
-          }
-        }
+        weigh_logits_any<Arch, Pol, keeps_row_sum<Pol>, Obs::enabled && Obs::wants_entropy>(pol, wp, rowS, len, l, t);
       }
       pr[0] = m;
       pr[1] = l;
@@ -231,7 +232,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       if constexpr (std::is_same_v<KV, float>) {
         v0 = v.row(b, g, lo_min);
       } else if constexpr (!in_registers) {  // widen this chunk's V rows once; reused from L2
-        thread_local aligned_vector<float> vwide;
+        auto& vwide = dsc.vwide;
         if (vwide.size() < static_cast<std::size_t>(keys * Dv)) vwide.resize(static_cast<std::size_t>(keys * Dv));
         for (index_t j = 0; j < keys; ++j) widen(v.row(b, g, lo_min + j), vwide.data() + j * Dv, Dv);
         v0 = vwide.data();
@@ -279,18 +280,19 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
   });
 
   // Fixed-order merge of the chunks, then the common row finalisation.
-  parallel_for(heads * rows, threads, [&](index_t task) {
+  parallel_for(heads * rows, threads, [&](index_t task, int slot) {
     const index_t bg = task / rows, r = task % rows;
     const index_t b = bg / sh.kv_heads, g = bg % sh.kv_heads;
     const index_t h = g * G + r / Lq, i = r % Lq;
-    block_scratch& sc = thread_scratch();
+    block_scratch& sc = ws.slot(slot).get<block_scratch>();
     if (sc.o.size() < static_cast<std::size_t>(Dv)) sc.o.resize(static_cast<std::size_t>(Dv));
     float* o = sc.o.data();
     std::fill_n(o, Dv, 0.0f);
     float m = neg_inf, l = 0.0f, t = 0.0f, first = neg_inf;
     index_t count = 0;
-    thread_local aligned_vector<float> topk;
+    auto& topk = sc.topk;
     if (topk.size() < static_cast<std::size_t>(K)) topk.resize(static_cast<std::size_t>(K));
+    if (sc.extras.size() < static_cast<std::size_t>(K)) sc.extras.resize(static_cast<std::size_t>(K));
     std::fill_n(topk.data(), K, neg_inf);
     for (index_t ch = 0; ch < chunks; ++ch) {
       const float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
@@ -315,7 +317,8 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
         for (index_t d = 0; d < Dv; ++d) o[d] += pr[5 + d];
       }
     }
-    finalize_row<Arch, Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o, row_extras{first, K ? topk.data() : nullptr, K});
+    finalize_row<Arch, Pol>(sh, opt, out, obs, b, h, i, m, l, t, count, o, row_extras{first, K ? topk.data() : nullptr, K},
+                            sc.extras.data());
   });
 }
 

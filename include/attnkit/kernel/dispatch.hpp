@@ -22,48 +22,42 @@
 namespace attnkit {
 
 namespace detail {
-/// Options only normalised (softmax-like) quadratic policies accept.
-template <class P>
-void check_quadratic_options(const options& opt) {
-  if constexpr (!P::normalized)
-    if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
-  if constexpr (!std::is_same_v<P, softmax>)
-    if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
-}
-
 template <class Arch, class P, class KV, class Observer>
 void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                     const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
   const problem_shape shape = validate_call(q, k, v, out, opt);
+  workspace_lease lease(opt.workspace);
+  workspace& ws = lease.get();
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
-    static_assert(quadratic_policy<P>, "attnkit: a quadratic-family policy must define `static constexpr bool normalized`");
-    check_quadratic_options<P>(opt);
+    static_assert(check_weight_function<P>());
+    check_weight_options<P>(opt);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     if (shape.q_len * shape.group() <= decode_max_rows)
-      run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
+      run_decode<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
     else
-      run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs);
+      run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
     using inner = decltype(pol.inner);
-    static_assert(quadratic_policy<inner>, "attnkit: sparse<Pattern, Inner> needs a quadratic inner policy");
-    check_quadratic_options<inner>(opt);
+    static_assert(check_weight_function<inner>());
+    check_weight_options<inner>(opt);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
-    run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs);
+    run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
     static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
     if constexpr (Observer::enabled) obs.begin(shape, opt);
-    run_rank_window<Arch>(pol, *policy_permutations(pol, shape.k_len, shape.kv_heads), shape, q, k, v, out, opt, obs);
+    const auto perms = policy_permutations(pol, shape.k_len, shape.kv_heads, ws);  // kept alive for the call
+    run_rank_window<Arch>(pol, *perms, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::kernelized>) {
     static_assert(!Observer::enabled,
                   "attnkit: kernelised policies have no fused observer; use reference::attention for their "
                   "O(N^2) entropy diagnostic");
     if constexpr (std::is_same_v<P, log_normal>)
-      run_log_normal<Arch>(pol, shape, q, k, v, out, opt);
+      run_log_normal<Arch>(pol, shape, q, k, v, out, opt, ws);
     else
-      run_linear<Arch>(pol, shape, q, k, v, out, opt);
+      run_linear<Arch>(pol, shape, q, k, v, out, opt, ws);
   } else {
     static_assert(std::is_same_v<typename P::family, family::quadratic>,
                   "attnkit::attention: no kernel skeleton for this policy family yet");

@@ -91,7 +91,7 @@ void kernelized_entropy(const linear<F>& pol, tensor_view<const float> q, tensor
                         std::uint64_t seed = 0) {
   static_assert(std::remove_cvref_t<Observer>::enabled, "kernelized_entropy needs an enabled observer, e.g. observe(stats)");
   const problem_shape sh = detail::validate_diagnostic(q, k, v, opt);
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  const double tau = resolved_scale(opt, sh.head_dim);
   const detail::linear_feature<Arch, F> phi{pol.phi, sh.head_dim, sh.q_len, tau};
   detail::kernelized_entropy_impl<Arch>(phi, phi, pol.decay, sh, q, k, opt, obs, sample_rows, seed);
 }
@@ -105,7 +105,8 @@ void kernelized_entropy(const log_normal& pol, tensor_view<const float> q, tenso
   static_assert(std::remove_cvref_t<Observer>::enabled, "kernelized_entropy needs an enabled observer, e.g. observe(stats)");
   const problem_shape sh = detail::validate_diagnostic(q, k, v, opt);
   detail::lln_feature_pair<Arch> f;
-  detail::lln_features<Arch>(pol, sh, q, k, opt, f);
+  workspace_lease lease(opt.workspace);
+  detail::lln_features<Arch>(pol, sh, q, k, opt, f, lease.get());
   detail::kernelized_entropy_impl<Arch>(f.q, f.k, {}, sh, q, k, opt, obs, sample_rows, seed);
 }
 

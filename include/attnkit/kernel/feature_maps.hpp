@@ -129,8 +129,14 @@ struct view_moments {
 /// ~17% of its time. Rows are split by (batch, head) over the thread pool and the
 /// partial sums combined in a fixed order: the result does not depend on the thread
 /// count. `rows(b)` (extremes only) bounds the rows whose extremes count.
+/// A worker's buffer for 16-bit rows widened to float (moments_of).
+struct widened_row {
+  aligned_vector<float> wide;
+  std::size_t bytes() const { return wide.capacity() * sizeof(float); }
+};
+
 template <class T, class Rows>
-view_moments moments_of(const tensor_view<const T>& t, int threads, bool extremes, Rows rows) {
+view_moments moments_of(const tensor_view<const T>& t, int threads, bool extremes, Rows rows, workspace& ws) {
   using f8 = float __attribute__((vector_size(32)));
   using d8 = double __attribute__((vector_size(64)));
   const index_t B = t.batch(), H = t.heads(), L = t.seq(), D = t.dim();
@@ -147,7 +153,8 @@ view_moments moments_of(const tensor_view<const T>& t, int threads, bool extreme
   pilot /= static_cast<double>(D);
   if (!std::isfinite(pilot)) pilot = 0;  // NaN/Inf data: the sums below carry it
   std::vector<double> part1(static_cast<std::size_t>(B * H)), part2(part1.size());
-  parallel_for(B * H, threads, [&](index_t bh) {
+  ws.reserve_slots(threads);
+  parallel_for(B * H, threads, [&](index_t bh, int slot) {
     constexpr int U = 4;  // 4 × 8 lanes for each sum: enough to hide the add latency
     d8 s1[U] = {}, s2[U] = {};
     f8 hi = f8{} - inf, lo = f8{} + inf;
@@ -155,7 +162,7 @@ view_moments moments_of(const tensor_view<const T>& t, int threads, bool extreme
     float thi = -inf, tlo = inf;
     const d8 pv = d8{} + pilot;
     const index_t tracked = extremes ? std::min<index_t>(std::max<index_t>(rows(bh / H), 0), L) : 0;
-    thread_local aligned_vector<float> wide;  // 16-bit rows, widened
+    auto& wide = ws.slot(slot).get<widened_row>().wide;  // 16-bit rows, widened
     if constexpr (!std::is_same_v<T, float>)
       if (wide.size() < static_cast<std::size_t>(D)) wide.resize(static_cast<std::size_t>(D));
     auto step = [&](const float* p, int u, bool track) {
@@ -216,8 +223,8 @@ view_moments moments_of(const tensor_view<const T>& t, int threads, bool extreme
 
 /// Sample standard deviation (n − 1) of every entry of a view (moments_of).
 template <class T>
-double sample_std_of(const tensor_view<const T>& t, int threads) {
-  return moments_of(t, threads, false, [](index_t) { return index_t{0}; }).std;
+double sample_std_of(const tensor_view<const T>& t, int threads, workspace& ws) {
+  return moments_of(t, threads, false, [](index_t) { return index_t{0}; }, ws).std;
 }
 
 /// Options the kernelised family understands: causal (prefix), key_lengths, scale
@@ -236,7 +243,7 @@ inline void check_kernelized_options(const options& opt, const char* what) {
 template <class Arch, class F, class KV>
 void run_linear(const linear<F>& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                const options& opt) {
+                const options& opt, workspace& ws) {
   check_kernelized_options(opt, "linear attention");
   if (!pol.decay.empty()) {
     if (static_cast<index_t>(pol.decay.size()) != sh.q_heads)
@@ -249,10 +256,10 @@ void run_linear(const linear<F>& pol, const problem_shape& sh, const tensor_view
     if (pol.phi.num_features <= 0 || pol.phi.projection == nullptr)
       fail("policy.phi", "projection", "num_features > 0 and a non-null [num_features, D] matrix",
            pol.phi.num_features);
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  const double tau = resolved_scale(opt, sh.head_dim);
   const linear_feature<Arch, F> f{pol.phi, sh.head_dim, sh.q_len, tau};
   if (f.dim() <= 0) fail("policy.phi", "output_dim", "> 0", f.dim());
-  run_kernelized<Arch>(f, f, kernelized_params{pol.normalize, pol.eps, pol.decay}, sh, q, k, v, out, opt);
+  run_kernelized<Arch>(f, f, kernelized_params{pol.normalize, pol.eps, pol.decay}, sh, q, k, v, out, opt, ws);
 }
 
 /// Keys of LLN+Diag's block-diagonal softmax: query position p = i + Δ sees the keys
@@ -266,7 +273,9 @@ struct block_diagonal_keys {
     const index_t blk = p >= 0 ? p / block : -((-p + block - 1) / block);
     return {std::max<index_t>(blk * block, 0), std::max<index_t>(blk * block + block, 0)};
   }
-  tile_class classify(index_t, index_t, index_t, index_t, index_t, index_t) const { return tile_class::full; }
+  tile_class classify(const block_scratch&, index_t, index_t, index_t, index_t, index_t, index_t) const {
+    return tile_class::full;
+  }
   bool allowed(index_t, index_t, index_t, index_t) const { return true; }
 };
 
@@ -283,12 +292,13 @@ struct lln_feature_pair {
 
 template <class Arch, class KV>
 void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
-                  const tensor_view<const KV>& k, const options& opt, lln_feature_pair<Arch>& f) {
+                  const tensor_view<const KV>& k, const options& opt, lln_feature_pair<Arch>& f, workspace& ws) {
   lln_coefficients c{pol.alpha.value_or(1.0), pol.beta.value_or(1.0)};
   const int threads = resolve_num_threads(opt.num_threads);
   // One pass over K gives σk and each (batch, kv head)'s extremes over its valid keys.
-  const view_moments mk = moments_of(k, threads, true, [&](index_t b) { return keys_of_batch(opt, b, sh.q_len, sh.k_len).lk; });
-  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q, threads), mk.std);
+  const view_moments mk =
+      moments_of(k, threads, true, [&](index_t b) { return keys_of_batch(opt, b, sh.q_len, sh.k_len).lk; }, ws);
+  if (!pol.alpha || !pol.beta) c = pol.resolve(sample_std_of(q, threads, ws), mk.std);
   // Per (batch, kv head) max of β·k over the valid keys: cancels in the ratio.
   // Rounding is monotone, so max_j fl(β·k_j) = fl(β·max k) for β > 0 and fl(β·min k)
   // for β < 0: the extremes give it without a second pass. β·x is formed in double
@@ -308,14 +318,14 @@ void lln_features(const log_normal& pol, const problem_shape& sh, const tensor_v
 template <class Arch, class KV>
 void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor_view<const float>& q,
                     const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                    const options& opt) {
+                    const options& opt, workspace& ws) {
   check_kernelized_options(opt, "log-normal attention");
   if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
   lln_feature_pair<Arch> f;
-  lln_features<Arch>(pol, sh, q, k, opt, f);
+  lln_features<Arch>(pol, sh, q, k, opt, f, ws);
   const auto& fq = f.q;
   const auto& fk = f.k;
-  run_kernelized<Arch>(fq, fk, kernelized_params{true, pol.eps, {}}, sh, q, k, v, out, opt);
+  run_kernelized<Arch>(fq, fk, kernelized_params{true, pol.eps, {}}, sh, q, k, v, out, opt, ws);
   if (!pol.diag) return;
   // LLN+Diag: average with block-diagonal softmax (block = D) over the same prefix.
   aligned_vector<float> diag(static_cast<std::size_t>(sh.batch * sh.q_heads * sh.q_len * sh.value_dim));
@@ -324,7 +334,7 @@ void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor
   o.masked_rows = masked_rows::zero;
   o.lse = nullptr;
   null_observer none;
-  run_quadratic<Arch>(softmax{}, sh, q, k, v, dv, o, none, block_diagonal_keys{opt, sh.q_len, sh.k_len, sh.head_dim},
+  run_quadratic<Arch>(softmax{}, sh, q, k, v, dv, o, none, ws, block_diagonal_keys{opt, sh.q_len, sh.k_len, sh.head_dim},
                       sh.head_dim);
   for (index_t b = 0; b < sh.batch; ++b)
     for (index_t h = 0; h < sh.q_heads; ++h)

@@ -38,7 +38,8 @@ void attention_gated(const stochastic_permutation& pol, tensor_view<const float>
   std::vector<std::vector<index_t>> identity(1, std::vector<index_t>(static_cast<std::size_t>(sh.k_len)));
   std::iota(identity[0].begin(), identity[0].end(), index_t{0});
   null_observer none;
-  detail::run_rank_window<Arch>(pol, identity, sh, q, k, v, SWA, opt, none);
+  workspace_lease lease(opt.workspace);
+  detail::run_rank_window<Arch>(pol, identity, sh, q, k, v, SWA, opt, none, lease.get());
   auto at = [](const tensor_view<const float>& g, index_t b, index_t h, index_t i, index_t d) {
     return g(g.extent[0] == 1 ? 0 : b, g.extent[1] == 1 ? 0 : h, g.extent[2] == 1 ? 0 : i, g.extent[3] == 1 ? 0 : d);
   };

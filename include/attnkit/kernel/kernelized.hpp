@@ -42,10 +42,23 @@ struct kernelized_params {
   std::span<const float> decay{};  ///< per query head λ (causal only); empty = none
 };
 
+/// A worker's buffers for one (batch, head) of the kernelised skeleton (in its
+/// workspace slot).
+struct kernelized_scratch {
+  aligned_vector<float> S, z, phik_t, phik_rows, vpad, phiq, o, xrow, P, rowscale;
+  std::vector<double> den;
+  std::size_t bytes() const {
+    std::size_t n = den.capacity() * sizeof(double);
+    for (const auto* v : {&S, &z, &phik_t, &phik_rows, &vpad, &phiq, &o, &xrow, &P, &rowscale})
+      n += v->capacity() * sizeof(float);
+    return n;
+  }
+};
+
 template <class Arch, resolved_feature FQ, resolved_feature FK, class KV>
 void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, const problem_shape& sh,
                     const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                    const tensor_view<float>& out, const options& opt) {
+                    const tensor_view<float>& out, const options& opt, workspace& ws) {
   using O = simd::ops<Arch>;
   using tile = simd::tile_shape<Arch>;
   constexpr int W = O::width, MR = tile::rows, BN = tile::keys, NV = tile::value_vectors;
@@ -54,7 +67,8 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
   const bool causal_rows = opt.causal != causal::none;
   const int threads = resolve_num_threads(opt.num_threads);
 
-  parallel_for(sh.batch * sh.q_heads, threads, [&](index_t task) {
+  ws.reserve_slots(threads);
+  parallel_for(sh.batch * sh.q_heads, threads, [&](index_t task, int slot) {
     const index_t b = task / sh.q_heads, h = task % sh.q_heads, g = h / sh.group();
     const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
     const double lambda = prm.decay.empty() ? 1.0 : prm.decay[static_cast<std::size_t>(h)];
@@ -66,7 +80,8 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       return std::max<index_t>(p, 0);
     };
 
-    thread_local aligned_vector<float> S, z, phik_t, phik_rows, vpad, phiq, o, xrow, P, rowscale;
+    auto& [S, z, phik_t, phik_rows, vpad, phiq, o, xrow, P, rowscale, den] =
+        ws.slot(slot).get<kernelized_scratch>();
     auto grow = [](aligned_vector<float>& x, index_t n) {
       if (x.size() < static_cast<std::size_t>(n)) x.resize(static_cast<std::size_t>(n));
     };
@@ -181,7 +196,6 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       }
       // Inter-chunk part: o = φQ·S, den = φQ·z (decay: × λ^{p_i − absorbed}).
       std::fill_n(o.data(), rows * Dvp, 0.0f);
-      thread_local std::vector<double> den;
       den.assign(static_cast<std::size_t>(rows), 0.0);
       const float ones[MR] = {1, 1, 1, 1, 1, 1};
       for (index_t r0 = 0; r0 < rows; r0 += MR) {

@@ -14,6 +14,14 @@
 
 namespace attnkit {
 
+namespace detail {
+/// A worker's φ(q) and φ(k) rows of one recurrent step (in its workspace slot).
+struct feature_pair_rows {
+  std::vector<float> fq, fk;
+  std::size_t bytes() const { return (fq.capacity() + fk.capacity()) * sizeof(float); }
+};
+}  // namespace detail
+
 /// State of recurrent linear attention: S [B][Hq][M][Dv] and z [B][Hq][M].
 struct linear_state {
   index_t batch = 0, heads = 0, feature_dim = 0, value_dim = 0;
@@ -61,16 +69,20 @@ void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<c
     if (pol.phi.max_len <= 0)
       detail::fail("policy.phi.max_len", "", "> 0 (a stream has no known length for cosFormer's M)", pol.phi.max_len);
 
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  const double tau = resolved_scale(opt, sh.head_dim);
   const index_t M = state.feature_dim, Dv = sh.value_dim, T = sh.q_len;
   const index_t pos0 = state.tokens;
-  parallel_for(sh.batch * sh.q_heads, resolve_num_threads(opt.num_threads), [&](index_t bh) {
+  const int threads = resolve_num_threads(opt.num_threads);
+  workspace_lease lease(opt.workspace);
+  workspace& ws = lease.get();
+  ws.reserve_slots(threads);
+  parallel_for(sh.batch * sh.q_heads, threads, [&](index_t bh, int slot) {
     const index_t b = bh / sh.q_heads, h = bh % sh.q_heads, g = h / sh.group();
     const float lambda = pol.decay.empty() ? 1.0f : pol.decay[static_cast<std::size_t>(h)];
     // Positions as in a self-attention call over the whole stream (Δ = 0).
     const batch_keys bk{pos0 + T, 0};
     const detail::linear_feature<Arch, F> phi{pol.phi, sh.head_dim, pos0 + T, tau};
-    thread_local std::vector<float> fq, fk;
+    auto& [fq, fk] = ws.slot(slot).get<detail::feature_pair_rows>();
     fq.resize(static_cast<std::size_t>(M));
     fk.resize(static_cast<std::size_t>(M));
     float* S = state.s_of(b, h);

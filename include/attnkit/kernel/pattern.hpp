@@ -78,7 +78,7 @@ struct static_pattern_keys {
       return 0;
   }
 
-  tile_class classify(index_t b, index_t, index_t i0, index_t i1, index_t j0, index_t j1) const {
+  tile_class classify(const block_scratch&, index_t b, index_t, index_t i0, index_t i1, index_t j0, index_t j1) const {
     if constexpr (std::is_same_v<P, pattern::sliding_window>) {
       return tile_class::full;  // the hull is exact
     } else if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
@@ -236,7 +236,7 @@ struct block_selection_keys {
     return keep[static_cast<std::size_t>(((b * heads + h) * q_blocks + qb) * k_blocks + kb)] != 0;
   }
   key_range hull(index_t, index_t, index_t) const { return {0, k_blocks * block}; }
-  tile_class classify(index_t b, index_t h, index_t i0, index_t i1, index_t j0, index_t j1) const {
+  tile_class classify(const block_scratch&, index_t b, index_t h, index_t i0, index_t i1, index_t j0, index_t j1) const {
     bool any = false, all = true;
     for (index_t qb = i0 / block; qb <= (i1 - 1) / block; ++qb)
       for (index_t kb = j0 / block; kb <= (j1 - 1) / block && kb < k_blocks; ++kb) {
@@ -267,7 +267,7 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
   sel.k_blocks = (sh.k_len + B - 1) / B;
   sel.heads = sh.q_heads;
   sel.keep.assign(static_cast<std::size_t>(sh.batch * sh.q_heads * sel.q_blocks * sel.k_blocks), 0);
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(D));
+  const double tau = resolved_scale(opt, sh.head_dim);
   parallel_for(sh.batch * sh.q_heads, threads, [&](index_t bh) {
     const index_t b = bh / sh.q_heads, h = bh % sh.q_heads, g = h / sh.group();
     const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
@@ -375,15 +375,21 @@ struct residue_keys {
       return {first + start, first + start + pat.kernel};
     }
   }
-  tile_class classify(index_t, index_t, index_t, index_t, index_t, index_t) const { return tile_class::full; }
+  tile_class classify(const block_scratch&, index_t, index_t, index_t, index_t, index_t, index_t) const { return tile_class::full; }
   bool allowed(index_t b, index_t h, index_t i, index_t j) const { return hull(b, h, i).contains(j); }
 };
 
-/// Tokens 0 … n − 1 sorted by residue mod d (stable); the calling thread keeps
-/// the last order, so a stream of same-shape calls builds it once.
-inline std::shared_ptr<const std::vector<index_t>> residue_order(index_t n, index_t d) {
-  thread_local index_t last_n = -1, last_d = -1;
-  thread_local std::shared_ptr<const std::vector<index_t>> cached;
+/// The last residue order built with a workspace, and for which (n, d).
+struct residue_order_cache {
+  index_t last_n = -1, last_d = -1;
+  std::shared_ptr<const std::vector<index_t>> cached;
+  std::size_t bytes() const { return cached ? cached->capacity() * sizeof(index_t) : 0; }
+};
+
+/// Tokens 0 … n − 1 sorted by residue mod d (stable); the workspace keeps the
+/// last order, so a stream of same-shape calls builds it once.
+inline std::shared_ptr<const std::vector<index_t>> residue_order(index_t n, index_t d, workspace& ws) {
+  auto& [last_n, last_d, cached] = ws.shared().get<residue_order_cache>();
   if (cached && last_n == n && last_d == d) return cached;
   auto order = std::make_shared<std::vector<index_t>>();
   order->reserve(static_cast<std::size_t>(n));
@@ -398,31 +404,31 @@ inline std::shared_ptr<const std::vector<index_t>> residue_order(index_t n, inde
 template <class Arch, class P, class Inner, class Obs, class KV>
 void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tensor_view<const float>& q,
                 const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                const options& opt, Obs& obs) {
+                const options& opt, Obs& obs, workspace& ws) {
   pattern::check_arguments(pol.pattern, sh, opt);
   if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
     const auto sel = select_blocks(pol.pattern, sh, q, k, opt, resolve_num_threads(opt.num_threads));
-    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, sel);
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws, sel);
   } else if constexpr (std::is_same_v<P, pattern::top_k>) {
-    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, top_k_keys<Arch>{pol.pattern.k, sh.k_len});
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws, top_k_keys<Arch>{pol.pattern.k, sh.k_len});
   } else {
     static_assert(pattern::static_pattern<P>, "attnkit: this data-dependent pattern has no kernel yet");
     if constexpr (std::is_same_v<P, pattern::dilated_window> || std::is_same_v<P, pattern::neighborhood_1d>) {
       const bool positional = opt.causal != causal::none || opt.window.active() || !opt.key_lengths.empty() ||
                               opt.mask.data || opt.bias.data || !opt.alibi_slopes.empty();
       if (pol.pattern.dilation > 1 && sh.q_len == sh.k_len && !positional) {
-        const auto order = residue_order(sh.k_len, pol.pattern.dilation);  // kept alive for the call
+        const auto order = residue_order(sh.k_len, pol.pattern.dilation, ws);  // kept alive for the call
         index_t band = 0;  // the window on ranks
         if constexpr (std::is_same_v<P, pattern::dilated_window>)
           band = 2 * pol.pattern.window + 1;
         else
           band = pol.pattern.kernel;
-        run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs,
+        run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws,
                             residue_keys<P>{pol.pattern, *order, sh.k_len, pol.pattern.dilation}, band);
         return;
       }
     }
-    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, static_pattern_keys<P>{pol.pattern, opt, sh.q_len, sh.k_len},
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws, static_pattern_keys<P>{pol.pattern, opt, sh.q_len, sh.k_len},
                         pattern_band(pol.pattern));
   }
 }

@@ -44,7 +44,7 @@ struct rank_window_keys {
       default: return {std::max<index_t>(r - half, 0), std::min(n, r + half + 1)};
     }
   }
-  tile_class classify(index_t, index_t, index_t r0, index_t r1, index_t, index_t) const {
+  tile_class classify(const block_scratch&, index_t, index_t, index_t r0, index_t r1, index_t, index_t) const {
     if (original_terms) return tile_class::partial;
     if (kind == window_kind::circular && (r0 - window / 2 < 0 || r1 - 1 + window / 2 >= n)) return tile_class::partial;
     return tile_class::full;  // the hull is the exact window
@@ -86,7 +86,8 @@ struct unpermuting_observer {
 template <class Arch, class Obs, class KV>
 void run_rank_window(const stochastic_permutation& pol, const std::vector<std::vector<index_t>>& perm,
                      const problem_shape& sh, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                     const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Obs& obs) {
+                     const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Obs& obs,
+                     workspace& ws) {
   if (sh.q_len != sh.k_len)
     fail("k", "extent 'seq'", std::to_string(sh.q_len) + " (stochastic permutation is self-attention: Lk = Lq)",
          sh.k_len);
@@ -107,26 +108,38 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
   const index_t band = pol.kind == window_kind::one_sided ? pol.window + 1 : 2 * (pol.window / 2) + 1;
   if constexpr (Obs::enabled) {
     unpermuting_observer<Obs> wrapped{obs};
-    run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, wrapped, keys, band);
+    run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, wrapped, ws, keys, band);
   } else {
-    run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, obs, keys, band);
+    run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, obs, ws, keys, band);
   }
 }
 
-/// The permutations a policy uses for n tokens: one per kv head, or one shared.
-/// They are a pure function of (n, seed, layer, head key), so the calling thread
-/// keeps the last set and a stream of same-length calls does not redraw them
-/// (drawing is ~2% of a call at N = 16384). Shared ownership: a nested call (from
-/// an observer, say) may replace the cache without freeing a set still in use.
-inline std::shared_ptr<const std::vector<std::vector<index_t>>> policy_permutations(const stochastic_permutation& pol,
-                                                                                    index_t n, index_t kv_heads) {
+/// The last permutations drawn with a workspace, and what they were drawn for.
+struct permutation_cache {
   struct draw_key {
     index_t n = -1, count = 0;
     std::uint64_t seed = 0, layer = 0;
     bool operator==(const draw_key&) const = default;
   };
-  thread_local draw_key last;
-  thread_local std::shared_ptr<const std::vector<std::vector<index_t>>> cached;
+  draw_key last;
+  std::shared_ptr<const std::vector<std::vector<index_t>>> cached;
+  std::size_t bytes() const {
+    std::size_t b = sizeof(*this);
+    if (cached)
+      for (const auto& p : *cached) b += p.capacity() * sizeof(index_t);
+    return b;
+  }
+};
+
+/// The permutations a policy uses for n tokens: one per kv head, or one shared.
+/// They are a pure function of (n, seed, layer, head key), so the workspace keeps
+/// the last set and a stream of same-length calls does not redraw them (drawing is
+/// ~2% of a call at N = 16384).
+inline std::shared_ptr<const std::vector<std::vector<index_t>>> policy_permutations(const stochastic_permutation& pol,
+                                                                                    index_t n, index_t kv_heads,
+                                                                                    workspace& ws) {
+  using draw_key = permutation_cache::draw_key;
+  auto& [last, cached] = ws.shared().get<permutation_cache>();
   const index_t count = pol.share_across_heads ? 1 : kv_heads;
   const draw_key key{n, count, pol.seed, pol.layer};
   if (cached && key == last) return cached;

@@ -25,16 +25,30 @@
 #include "../core/validate.hpp"
 #include "../observe/observer.hpp"
 #include "../parallel/thread_pool.hpp"
+#include "../parallel/workspace.hpp"
 #include "../policy/family.hpp"
 #include "../policy/softmax.hpp"
 #include "../simd/microkernel.hpp"
 #include "../simd/transpose.hpp"
+#include "weights.hpp"
 
 namespace attnkit::detail {
 
 inline constexpr float log2e = std::numbers::log2e_v<float>;
 inline constexpr float ln2 = std::numbers::ln2_v<float>;
 inline constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+
+/// Softmax rows keep an online maximum (and LSE); every other weight function
+/// evaluates weight(s) as written.
+template <class Pol>
+inline constexpr bool online_softmax = Pol::normalization == normalization::softmax;
+/// Rows that keep the sum of their weights (the divisor of normalised rows).
+template <class Pol>
+inline constexpr bool keeps_row_sum = Pol::normalization != normalization::none;
+/// Units of the kernel's logits: log2 for softmax (exp2 is the cheap exponential;
+/// τ·log2 e is folded into Q), natural for every other weight function.
+template <class Pol>
+inline constexpr float logit_unit = online_softmax<Pol> ? std::numbers::log2e_v<float> : 1.0f;
 
 /// Asks for the cache lines of [p, p + bytes) (a hint; no effect on results).
 inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
@@ -104,26 +118,34 @@ struct packed_kv {
   const float* k_head(index_t bg) const { return kt + bg * k_head_size(); }
   const float* v_head(index_t bg) const { return vr + bg * v_head_size(); }
 
-  /// Packs (eager) or prepares (lazy) into storage owned by the calling thread and
-  /// reused across calls, so a steady stream of calls neither allocates nor
-  /// page-faults. Packed key j of kv head g is row `source(g, j)` of k and v (a
-  /// reordering, e.g. the rank order of stochastic permutation attention). Lazy:
-  /// k, v and source must outlive the kernel's use of this object.
-  template <class KV, class Source>
+  /// The memory of a packing, kept by the call's workspace across calls.
+  struct storage {
+    aligned_vector<float> panels;
+    std::vector<unsigned char> states;
+    std::size_t bytes() const { return panels.capacity() * sizeof(float) + states.capacity(); }
+  };
+
+  /// Packs (eager) or prepares (lazy) into storage of the call's workspace, reused
+  /// across calls, so a steady stream of calls neither allocates nor page-faults.
+  /// Packed key j of kv head g is row `source(g, j)` of k and v (a reordering, e.g.
+  /// the rank order of stochastic permutation attention). Lazy: k, v and source
+  /// must outlive the kernel's use of this object. Workers widen 16-bit rows into
+  /// their slot's scratch (`wide_of(slot)`: 16·D floats).
+  template <class KV, class Source, class WideOf>
   void pack(const tensor_view<const KV>& k, const tensor_view<const KV>& v, int threads, const Source& source,
-            bool lazy) {
-    thread_local aligned_vector<float> storage;
-    thread_local std::vector<unsigned char> states;
+            bool lazy, storage& mem, const WideOf& wide_of) {
+    auto& panels = mem.panels;
+    auto& states = mem.states;
     const index_t B = k.batch(), G = k.heads(), Lk = k.seq(), Dv = v.dim();
     dim = k.dim();
     key_tiles = (Lk + BN - 1) / BN;
     vdim_padded = (Dv + tile::width - 1) / tile::width * tile::width;
     const std::size_t need = static_cast<std::size_t>(B * G) * (k_head_size() + v_head_size());
-    if (storage.size() < need) storage.resize(need);
-    kt = storage.data();
+    if (panels.size() < need) panels.resize(need);
+    kt = panels.data();
     vr = kt + static_cast<std::size_t>(B * G) * k_head_size();
     states.assign(static_cast<std::size_t>(B * G * key_tiles), 0);
-    state = states.data();  // the workers write through this (states is this thread's)
+    state = states.data();
     src_k = &k;
     src_v = &v;
     src_rows = &source;
@@ -131,20 +153,23 @@ struct packed_kv {
     prefetch_fn = &prefetch_sources_of<KV, Source>;
     is_lazy = lazy;
     if (lazy) return;
-    parallel_for(B * G, threads, [&](index_t bg) {
-      for (index_t kb = 0; kb < key_tiles; ++kb) state[bg * key_tiles + kb] = pack_tile_of<KV, Source>(*this, bg, kb) ? 3 : 2;
+    parallel_for(B * G, threads, [&](index_t bg, int slot) {
+      float* wide = wide_of(slot);
+      for (index_t kb = 0; kb < key_tiles; ++kb)
+        state[bg * key_tiles + kb] = pack_tile_of<KV, Source>(*this, bg, kb, wide) ? 3 : 2;
     });
   }
 
   /// Tile kb of head bg is packed when this returns (packing it here if no task has
-  /// started it); true when its V rows hold a NaN or Inf.
-  bool ensure(index_t bg, index_t kb) const {
+  /// started it, widening 16-bit rows in `wide`, 16·D floats); true when its V rows
+  /// hold a NaN or Inf.
+  bool ensure(index_t bg, index_t kb, float* wide) const {
     std::atomic_ref<unsigned char> st(state[bg * key_tiles + kb]);
     unsigned char x = st.load(std::memory_order_acquire);
     if (x >= 2) [[likely]] return x == 3;
     unsigned char idle = 0;
     if (st.compare_exchange_strong(idle, 1, std::memory_order_acquire)) {
-      x = pack_fn(*this, bg, kb) ? 3 : 2;
+      x = pack_fn(*this, bg, kb, wide) ? 3 : 2;
       st.store(x, std::memory_order_release);
       return x == 3;
     }
@@ -166,7 +191,7 @@ struct packed_kv {
   const void* src_k = nullptr;
   const void* src_v = nullptr;
   const void* src_rows = nullptr;
-  bool (*pack_fn)(const packed_kv&, index_t, index_t) = nullptr;
+  bool (*pack_fn)(const packed_kv&, index_t, index_t, float*) = nullptr;
   void (*prefetch_fn)(const packed_kv&, index_t, index_t, int, int) = nullptr;
   bool is_lazy = false;
 
@@ -188,7 +213,7 @@ struct packed_kv {
   /// Packs keys [kb·BN, kb·BN + BN) of head bg (zeros past Lk); true when a V row
   /// holds a NaN or Inf.
   template <class KV, class Source>
-  static bool pack_tile_of(const packed_kv& self, index_t bg, index_t kb) {
+  static bool pack_tile_of(const packed_kv& self, index_t bg, index_t kb, float* wide) {
     const auto& k = *static_cast<const tensor_view<const KV>*>(self.src_k);
     const auto& v = *static_cast<const tensor_view<const KV>*>(self.src_v);
     const Source& source = *static_cast<const Source*>(self.src_rows);
@@ -198,10 +223,7 @@ struct packed_kv {
     float* vh = self.vr + bg * self.v_head_size();
     bool nonfinite = false;
     const index_t j0 = kb * BN, j1 = std::min<index_t>(Lk, (kb + 1) * BN);
-    // Half-precision keys are widened into this buffer first, 16 rows at a time.
-    thread_local aligned_vector<float> wide;
-    if constexpr (!std::is_same_v<KV, float>)
-      if (wide.size() < static_cast<std::size_t>(16 * dim)) wide.resize(static_cast<std::size_t>(16 * dim));
+    // Half-precision keys are widened into `wide` (16·dim floats) first, 16 rows at a time.
     for (index_t jg = j0; jg < j1; jg += 16) {
       const int n = static_cast<int>(std::min<index_t>(16, j1 - jg));
       const float* krow[16];
@@ -218,8 +240,8 @@ struct packed_kv {
         if constexpr (std::is_same_v<KV, float>) {
           krow[i] = k.row(b, g, src);
         } else {
-          widen(k.row(b, g, src), wide.data() + i * dim, dim);
-          krow[i] = wide.data() + i * dim;
+          widen(k.row(b, g, src), wide + i * dim, dim);
+          krow[i] = wide + i * dim;
         }
         float* vrow = vh + j * Dvp;
         if constexpr (std::is_same_v<KV, float>) {
@@ -253,20 +275,28 @@ struct strip_keys {
   index_t lo_lo, lo_hi, hi_lo, hi_hi;
 };
 
-/// Per-thread scratch of one query block; reused across calls, grown on demand.
+/// A worker's scratch for one query block (in its workspace slot); reused across
+/// calls, grown on demand.
 struct block_scratch {
   aligned_vector<float> q, o, tile;
+  aligned_vector<float> wide;       ///< 16 widened 16-bit K rows (packed_kv::ensure)
   aligned_vector<float> band;       ///< one strip's logits / weights over a chunk (strip_chunk)
   aligned_vector<float> chunk_max;  ///< per strip row, a vector of that chunk's logit maxima
-  aligned_vector<float> m, l, t, row_scale, first, topk;
+  aligned_vector<float> m, l, t, row_scale, first, topk, extras;
   aligned_vector<float> lvec;  ///< per row, one vector of partial softmax denominators
   aligned_vector<index_t> lo, hi, count;
   std::vector<strip_keys> strips;
+  /// Per-task state of data-dependent key sets (e.g. top_k's thresholds).
+  scratch_set ext;
+
+  std::size_t bytes() const {
+    std::size_t n = ext.bytes() + strips.capacity() * sizeof(strip_keys);
+    for (const auto* v : {&q, &o, &tile, &wide, &band, &chunk_max, &m, &l, &t, &row_scale, &first, &topk, &extras, &lvec})
+      n += v->capacity() * sizeof(float);
+    for (const auto* v : {&lo, &hi, &count}) n += v->capacity() * sizeof(index_t);
+    return n;
+  }
 };
-inline block_scratch& thread_scratch() {
-  thread_local block_scratch s;
-  return s;
-}
 
 /// How a key tile relates to the rows of a strip, as a pattern sees it.
 enum class tile_class : unsigned char { empty, partial, full };
@@ -305,7 +335,8 @@ struct quadratic_call {
   const tensor_view<float>& out;
   const options& opt;
   const packed_kv<Arch>& kv;
-  float q_scale = 1.0f;    ///< τ·log2(e)
+  workspace& ws;
+  float q_scale = 1.0f;    ///< τ·logit_unit<Pol>
   bool elementwise = false;  ///< mask / bias / ALiBi / softcap present
   int obs_topk = 0;          ///< top-k logits the observer wants per row (0: none)
   int block_rows = 0;        ///< query rows per task (a multiple of the strip height)
@@ -319,18 +350,16 @@ struct quadratic_call {
 
 template <class Pol>
 constexpr bool use_precise_exp(const Pol& pol) {
-  if constexpr (requires { pol.exp; })
-    return pol.exp == exp_mode::precise;
-  else
-    return false;
+  return exp_mode_of(pol) == exp_mode::precise;
 }
 
 /// Element path: applies range mask, soft-capping, bias, ALiBi and the boolean
-/// mask to one R×len tile held in `tile` (log2-scaled logits).
+/// mask to one R×len tile held in `tile` (logits in units of `unit`: log2 e for
+/// log2-scaled softmax logits, 1 for natural ones; see logit_unit).
 inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int R, index_t row0, index_t j0,
                               const options& opt, index_t b, index_t h, batch_keys bk, const index_t* lo,
-                              const index_t* hi) {
-  const float cap = opt.softcap;
+                              const index_t* hi, float unit) {
+  const float cap = opt.softcap, inv_unit = unit == 1.0f ? 1.0f : ln2;
   const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)];
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
@@ -344,9 +373,9 @@ inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int
         continue;
       }
       float x = s[jj];
-      if (cap > 0.0f) x = cap * std::tanh(x * ln2 / cap) * log2e;
-      if (brow) x += brow[j] * log2e;
-      if (slope != 0.0f) x -= slope * static_cast<float>(std::abs(i + bk.delta - j)) * log2e;
+      if (cap > 0.0f) x = cap * std::tanh(x * inv_unit / cap) * unit;
+      if (brow) x += brow[j] * unit;
+      if (slope != 0.0f) x -= slope * static_cast<float>(std::abs(i + bk.delta - j)) * unit;
       s[jj] = x;
     }
   }
@@ -370,27 +399,36 @@ struct row_extras {
   int k = 0;
 };
 
-/// Writes one finished row: sinks, normalisation, masked-row policy, LSE, observer.
-/// (m, l, t) are the row's streaming state in log2 units over its keys; o the
-/// unnormalised accumulator.
-/// Converts the extras to natural-log units into a per-thread buffer.
-inline void report_extras(row_state& st, const row_extras& ex) {
-  thread_local float buf[256];
+/// Converts a row's instrumentation extras to natural-log units (from units of
+/// `unit`, see logit_unit) into `buf` (at least ex.k floats).
+inline void report_extras(row_state& st, const row_extras& ex, float unit, float* buf) {
+  const double to_natural = 1.0 / static_cast<double>(unit);
   st.first_logit = ex.first == neg_inf ? -std::numeric_limits<double>::infinity()
-                                       : static_cast<double>(ex.first) * std::numbers::ln2;
+                                       : static_cast<double>(ex.first) * to_natural;
   int n = 0;
-  for (; n < ex.k && n < 256 && ex.topk[n] != neg_inf; ++n) buf[n] = ex.topk[n] * ln2;
+  for (; n < ex.k && ex.topk[n] != neg_inf; ++n) buf[n] = static_cast<float>(ex.topk[n] * to_natural);
   st.top_k = n ? buf : nullptr;
   st.top_k_count = n;
 }
 
+/// Writes one finished row: normalisation, sinks, masked-row policy, LSE, observer.
+/// (m, l, t) is the row's streaming state in the kernel's logit units: softmax's
+/// running maximum, denominator and entropy sum (log2 units); otherwise l is the
+/// row's weight sum (kept for normalization::sum and for the entropy observer) and
+/// t = Σ w log w. `o` is the unnormalised accumulator; `buf` a scratch of ex.k floats.
 template <class Arch, class Pol, class Obs>
 void finalize_row(const problem_shape& sh, const options& opt, const tensor_view<float>& out, Obs& obs, index_t b,
                   index_t h, index_t i, float m, float l, float t, index_t count, const float* o,
-                  const row_extras& ex = {}) {
+                  const row_extras& ex = {}, float* buf = nullptr) {
   const index_t Dv = sh.value_dim;
   float* dst = out.row(b, h, i);
-  if constexpr (Pol::normalized) {
+  const float fill = opt.masked_rows == masked_rows::nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+  [[maybe_unused]] row_state st;
+  st.batch = b;
+  st.head = h;
+  st.row = i;
+  st.allowed = count;
+  if constexpr (online_softmax<Pol>) {
     // A sink adds 2^(sink − m) to the denominator only.
     const float sink = opt.sinks.empty() ? neg_inf : opt.sinks[static_cast<std::size_t>(h)] * log2e;
     const bool empty = m == neg_inf, has_sink = sink != neg_inf;
@@ -399,7 +437,6 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
     const float l_all = has_sink ? (empty ? 0.0f : l * std::exp2(m - m_all)) + std::exp2(sink - m_all)
                                  : (empty ? 0.0f : l);
     if (empty) {
-      const float fill = opt.masked_rows == masked_rows::nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
       for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
     } else {
       const float rescale = has_sink ? std::exp2(m - m_all) / l_all : 1.0f / l_all;
@@ -410,36 +447,34 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
       opt.lse[(b * sh.q_heads + h) * sh.q_len + i] = lse;
     }
     if constexpr (Obs::enabled) {
-      row_state st;
-      st.batch = b;
-      st.head = h;
-      st.row = i;
       st.max = static_cast<double>(m) * std::numbers::ln2;
       st.sum = l;
       st.tsum = static_cast<double>(t) * std::numbers::ln2;
-      st.allowed = count;
       st.sink_logit_mass = (sink == neg_inf || empty) ? 0.0 : std::exp2(static_cast<double>(sink) - m);
-      report_extras(st, ex);
-      obs.on_row(st);
     }
   } else {
-    std::memcpy(dst, o, static_cast<std::size_t>(Dv) * sizeof(float));
-    if constexpr (Obs::enabled) {
-      // Unnormalised weights: l = row mass, t = Σ w log w (natural log), max unused.
-      row_state st;
-      st.batch = b;
-      st.head = h;
-      st.row = i;
+    if constexpr (keeps_row_sum<Pol>) {
+      // ℓ1-normalised rows: a row without weight (no visible key, or weights that
+      // are all 0) has nothing to divide and follows masked_rows; NaN stays NaN.
+      if (l == 0.0f)
+        for (index_t d = 0; d < Dv; ++d) dst[d] = fill;
+      else
+        simd::scale_copy<Arch>(o, 1.0f / l, dst, Dv);
+    } else {
+      std::memcpy(dst, o, static_cast<std::size_t>(Dv) * sizeof(float));
+    }
+    if constexpr (Obs::enabled) {  // l = row mass, t = Σ w log w (natural log), max unused
       st.normalized = false;
       st.max = 0.0;
       st.sum = l;
       st.tsum = t;
-      st.allowed = count;
-      report_extras(st, ex);
-      obs.on_row(st);
-    } else {
-      (void)m, (void)l, (void)t, (void)count, (void)obs, (void)ex;
     }
+  }
+  if constexpr (Obs::enabled) {
+    report_extras(st, ex, logit_unit<Pol>, buf);
+    obs.on_row(st);
+  } else {
+    (void)t, (void)obs, (void)ex, (void)buf;
   }
 }
 
@@ -448,12 +483,12 @@ void finalize_row(const problem_shape& sh, const options& opt, const tensor_view
 template <class Arch, int R, int NC>
 inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], index_t row0, index_t j0,
                                    const options& opt, index_t b, index_t h, batch_keys bk, const index_t* lo,
-                                   const index_t* hi) {
+                                   const index_t* hi, float unit) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   constexpr int W = O::width;
-  const float cap = opt.softcap;
-  const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)] * log2e;
+  const float cap = opt.softcap, inv_unit = unit == 1.0f ? 1.0f : ln2;
+  const float slope = opt.alibi_slopes.empty() ? 0.0f : opt.alibi_slopes[static_cast<std::size_t>(h)] * unit;
   const vf io = O::iota(static_cast<float>(j0));
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
@@ -465,8 +500,8 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
       const vf idx = io + O::set1(static_cast<float>(c * W));
       const index_t j = j0 + c * W;
       vf x = acc[r][c];
-      if (cap > 0.0f) x = O::set1(cap * log2e) * O::tanh(x * O::set1(ln2 / cap));
-      if (brow) x = O::fma(O::load(brow + j), O::set1(log2e), x);
+      if (cap > 0.0f) x = O::set1(cap * unit) * O::tanh(x * O::set1(inv_unit / cap));
+      if (brow) x = O::fma(O::load(brow + j), O::set1(unit), x);
       if (slope != 0.0f) x = x - O::set1(slope) * O::abs(diag - idx);
       x = O::mask_range(x, idx, flo, fhi);
       if (mrow) x = O::mask_bool(x, mrow + j);
@@ -501,12 +536,14 @@ inline void strip_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch
     // two paths round softcap's tanh differently, and top_k's passes must agree.
     const index_t tile_end = j0 / BN * BN + BN;
     if (c.elementwise && tile_end <= c.shape.k_len) {
-      apply_elementwise_tile<Arch, R, NC>(acc, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
+      apply_elementwise_tile<Arch, R, NC>(acc, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
+                                          logit_unit<Pol>);
     } else if (c.elementwise) {  // the tile crosses Lk: bias/mask rows end inside it
       float* t = sc.tile.data();
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) O::store(t + r * BN + k * W, acc[r][k]);
-      apply_elementwise(t, BN, span, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0);
+      apply_elementwise(t, BN, span, R, row0 + r0, j0, c.opt, b, h, bk, sc.lo.data() + r0, sc.hi.data() + r0,
+                        logit_unit<Pol>);
       for (int r = 0; r < R; ++r)
         for (int k = 0; k < NC; ++k) acc[r][k] = O::load(t + r * BN + k * W);
     } else {
@@ -527,13 +564,13 @@ template <class Arch, int R, int NC, class Pol, class Keys>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
 #endif
-inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, int r0, index_t row0, index_t j0, index_t b,
+inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, const block_scratch& sc, int r0, index_t row0, index_t j0, index_t b,
                                   index_t h, typename simd::ops<Arch>::vf (&acc)[R][NC]) {
   using O = simd::ops<Arch>;
   constexpr int W = O::width;
-  if constexpr (requires { c.keys.template filter<Arch, NC>(b, h, row0, j0, acc[0]); }) {
+  if constexpr (requires { c.keys.template filter<Arch, NC>(sc, b, h, row0, j0, acc[0]); }) {
     for (int r = 0; r < R; ++r)  // value-based test on the row's logits (top_k)
-      if (row0 + r0 + r < c.shape.q_len) c.keys.template filter<Arch, NC>(b, h, row0 + r0 + r, j0, acc[r]);
+      if (row0 + r0 + r < c.shape.q_len) c.keys.template filter<Arch, NC>(sc, b, h, row0 + r0 + r, j0, acc[r]);
   } else if constexpr (NC * W <= 64 && requires { c.keys.allowed_bits(b, h, row0, j0, int{}); }) {
     // The pattern's test as bits per row, applied as lane masks. Keys past Lk never
     // reach the pattern (nor do padding rows).
@@ -558,7 +595,7 @@ inline void apply_pattern_partial(const quadratic_call<Arch, Pol, Keys>& c, int 
           t[jj] = neg_inf;
         else if constexpr (requires { c.keys.adjust(b, h, index_t{}, index_t{}); }) {  // additive: −inf masks
           const float a = c.keys.adjust(b, h, row, j);
-          t[jj] = a == neg_inf ? neg_inf : t[jj] + a * log2e;  // assigned: a masked NaN logit stays masked
+          t[jj] = a == neg_inf ? neg_inf : t[jj] + a * logit_unit<Pol>;  // assigned: a masked NaN logit stays masked
         }
         else if (!c.keys.allowed(b, h, row, j))
           t[jj] = neg_inf;
@@ -588,7 +625,7 @@ inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scrat
   } else {
     strip_logits<Arch, R, true>(c, sc, r0, row0, j0, kpanel, b, h, bk, acc);
     if constexpr (Keys::active)
-      if (partial) apply_pattern_partial<Arch, R>(c, r0, row0, j0, b, h, acc);
+      if (partial) apply_pattern_partial<Arch, R>(c, sc, r0, row0, j0, b, h, acc);
   }
   ATTNKIT_UNROLL
   for (int r = 0; r < R; ++r) {
@@ -596,9 +633,9 @@ inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scrat
     ATTNKIT_UNROLL
     for (int k = 0; k < NK; ++k) {
       O::store(srow + r * ss + k * W, acc[r][k]);
-      if constexpr (Pol::normalized) mx = O::max(acc[r][k], mx);
+      if constexpr (online_softmax<Pol>) mx = O::max(acc[r][k], mx);
     }
-    if constexpr (Pol::normalized) O::store(rmax + r * W, mx);
+    if constexpr (online_softmax<Pol>) O::store(rmax + r * W, mx);
   }
 }
 
@@ -630,12 +667,13 @@ template <class Arch, class Pol, class Obs, class Keys>
 [[gnu::always_inline]]
 #endif
 inline float row_weights(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int row, float* x, index_t n,
-                         const float* mxv, float bias2) {
+                         const float* mxv, const weight_params_t<Pol>& wp) {
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   constexpr int W = O::width;
   constexpr bool entropy = Obs::enabled && Obs::wants_entropy;
-  if constexpr (Pol::normalized) {
+  if constexpr (online_softmax<Pol>) {
+    (void)wp;
     // The maximum leaves NaN logits out (x86 max drops NaN operands). A NaN logit
     // still makes its row NaN, as in the oracle: its weight 2^(NaN − m) is NaN, and
     // so are the denominator and O from then on; a +inf logit (the maximum) gives
@@ -679,28 +717,14 @@ inline float row_weights(const quadratic_call<Arch, Pol, Keys>& c, block_scratch
     sc.m[row] = m_new;
     return alpha;
   } else {
-    const vf nb = O::set1(-bias2);  // σ(x+b) = 1/(1+2^(−(x+b)·log2e))
     vf mass = O::set1(0.0f), wlogw = O::set1(0.0f);
-    for (index_t k = 0; k < n; k += W) {
-      const vf v = O::load(x + k);
-      const vf e = O::exp2_fast(nb - v);  // NaN in, NaN out
-      vf p = O::set1(1.0f) / (O::set1(1.0f) + e);
-      if constexpr (simd::is_scalar_v<Arch>)
-        p = v == neg_inf ? 0.0f : p;
-      else
-        p = xsimd::select(v == O::set1(neg_inf), O::set1(0.0f), p);
-      if constexpr (entropy) {  // log σ = −log(1 + e^{−x}); masked lanes have p = 0
-        mass = mass + p;
-        wlogw = O::fma(p, O::set1(0.0f) - O::log1p(O::min(e, O::set1(3.0e38f))), wlogw);
-      }
-      O::store(x + k, p);
+    weigh_logits<Arch, Pol, keeps_row_sum<Pol>, entropy>(c.pol, wp, x, n, mass, wlogw);
+    if constexpr (keeps_row_sum<Pol> || entropy) {
+      float* lv = sc.lvec.data() + row * W;
+      O::store(lv, O::load(lv) + mass);
     }
-    if constexpr (entropy) {
-      sc.l[row] += O::reduce_add(mass);
-      sc.t[row] += O::reduce_add(wlogw);
-    } else {
-      (void)sc, (void)row;
-    }
+    if constexpr (entropy) sc.t[row] += O::reduce_add(wlogw);
+    (void)mxv;
     return 1.0f;
   }
 }
@@ -723,7 +747,7 @@ struct chunk_run {
 /// consecutive visited keys are runs[0, nruns) (in key order, at least one).
 template <class Arch, class Pol, class Obs, class Keys>
 void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t bg,
-                 float* S, index_t ss, const chunk_run* runs, int nruns, bool vbad, float bias2) {
+                 float* S, index_t ss, const chunk_run* runs, int nruns, bool vbad, const weight_params_t<Pol>& wp) {
   constexpr int W = simd::ops<Arch>::width;
   const index_t Dvp = c.kv.vdim_padded;
   const int r0 = sk.r0, R = sk.rows;
@@ -734,7 +758,7 @@ void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   for (int r = 0; r < R; ++r) {
     float* x = S + r * ss + cbeg;
     if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, runs[0].key0 == 0);
-    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, sc.chunk_max.data() + r * W, bias2);
+    scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, sc.chunk_max.data() + r * W, wp);
   }
 
   // O = α·O + P·V.
@@ -775,7 +799,7 @@ void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
 /// per 64-key tile, and the weights' pass is a stream of independent vectors.
 template <class Arch, class Pol, class Obs, class Keys, class Prefetch>
 void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t row0,
-                 index_t b, index_t h, index_t bg, batch_keys bk, index_t kb_lo, index_t kb_hi, float bias2,
+                 index_t b, index_t h, index_t bg, batch_keys bk, index_t kb_lo, index_t kb_hi, const weight_params_t<Pol>& wp,
                  const Prefetch& prefetch_some) {
   using O = simd::ops<Arch>;
   using tile = simd::tile_shape<Arch>;
@@ -803,7 +827,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   using std::integral_constant;
   for (index_t kb = kb0; kb < kb1; ++kb) {
     if (cols == chunk * BN) {  // the buffer is full: weights and P·V, then the next chunk
-      chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, bias2);
+      chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, wp);
       nruns = 0, cols = 0, vbad = false;
       simd::fill<Arch>(rmax, neg_inf, R * W);
     }
@@ -811,7 +835,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
     bool full = sk.lo_hi <= j0 && sk.hi_lo >= j0 + BN && !c.elementwise;
     bool partial = false;
     if constexpr (Keys::active) {
-      const tile_class tc = c.keys.classify(b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
+      const tile_class tc = c.keys.classify(sc, b, h, row0 + r0, row0 + r0 + R, j0, j0 + BN);
       if (tc == tile_class::empty) continue;
       partial = tc == tile_class::partial;
       full = full && !partial;
@@ -834,7 +858,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       }
     }
     prefetch_some();  // visited tiles only: on an empty one the call cost more than the tile
-    vbad = c.kv.ensure(bg, kb) || vbad;
+    vbad = c.kv.ensure(bg, kb, sc.wide.data()) || vbad;
     float* stile = S + cols;
     if (trimmed)
       for (int r = 0; r < R; ++r)
@@ -881,7 +905,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       default: whole(integral_constant<int, 1>{}); break;
     }
   }
-  if (nruns > 0) chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, bias2);
+  if (nruns > 0) chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, wp);
 }
 
 /// Rows per query block: a multiple of the strip height, sized so Q, O and the
@@ -909,11 +933,10 @@ struct block_ref {
 /// reorders rows, `next` (the task this thread will likely run next) has its
 /// query rows prefetched during this one's key loop.
 template <class Arch, class Pol, class Obs, class Keys>
-void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, index_t h, index_t row0, int n,
-               const block_ref& next = {}) {
+void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, index_t b, index_t h, index_t row0,
+               int n, const block_ref& next = {}) {
   using tile = simd::tile_shape<Arch>;
   constexpr int MR = tile::rows, BN = tile::keys;
-  constexpr bool normalized = Pol::normalized;
   const problem_shape& sh = c.shape;
   const options& opt = c.opt;
   const index_t D = sh.head_dim, Dvp = c.kv.vdim_padded;
@@ -921,22 +944,24 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   const index_t bg = b * sh.kv_heads + g;
   const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
 
-  block_scratch& sc = thread_scratch();
+  block_scratch& sc = c.ws.slot(slot).template get<block_scratch>();
   auto grow = [](auto& vec, std::size_t size) {
     if (vec.size() < size) vec.resize(size);
   };
   grow(sc.q, static_cast<std::size_t>(n * D));
+  grow(sc.wide, static_cast<std::size_t>(16 * D));
   grow(sc.o, static_cast<std::size_t>(n * Dvp));
   grow(sc.tile, MR * BN);
   for (auto* v : {&sc.m, &sc.l, &sc.t, &sc.row_scale, &sc.first}) grow(*v, static_cast<std::size_t>(n));
   constexpr int W = tile::width;
-  if constexpr (normalized) {
-    grow(sc.lvec, static_cast<std::size_t>(n * W));
-    simd::fill<Arch>(sc.lvec.data(), 0.0f, n * W);
-  }
+  // Per row, a vector of partial weight sums (softmax's denominator, the divisor of
+  // ℓ1-normalised rows, the mass of unnormalised ones for the observer).
+  grow(sc.lvec, static_cast<std::size_t>(n * W));
+  simd::fill<Arch>(sc.lvec.data(), 0.0f, n * W);
   const int K = c.obs_topk;
   if constexpr (Obs::enabled) {
     grow(sc.topk, static_cast<std::size_t>(n * K));
+    grow(sc.extras, static_cast<std::size_t>(K));
     std::fill_n(sc.first.data(), n, neg_inf);
     std::fill_n(sc.topk.data(), n * K, neg_inf);
   }
@@ -984,8 +1009,8 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
       }
   }
 
-  float bias2 = 0.0f;
-  if constexpr (!normalized) bias2 = static_cast<float>(c.pol.resolved_bias(bk.lk)) * log2e;
+  // The weight function's parameters for this batch (e.g. sigmoid's −ln Lk bias).
+  const auto wp = resolve_weight(c.pol, weight_context{bk.lk, sh.q_len, sh.head_dim});
 
   // The strips and the union / intersection of their rows' key intervals.
   auto& strips = sc.strips;
@@ -1056,14 +1081,14 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   grow(sc.chunk_max, static_cast<std::size_t>(MR * W));
   if (whole_strips) {
     for (const strip_keys& sk : strips)
-      strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, sk.lo_lo / BN, (sk.hi_hi + BN - 1) / BN, bias2,
+      strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, sk.lo_lo / BN, (sk.hi_hi + BN - 1) / BN, wp,
                                   prefetch_some);
   } else {
     const auto tile_bytes = static_cast<index_t>(BN * (D + Dvp) * sizeof(float));
     const index_t span = std::max(chunk_tiles, l2_span_bytes / tile_bytes);
     for (index_t kc = lo_min / BN; kc * BN < hi_max; kc += span)
       for (const strip_keys& sk : strips)
-        strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, kc, kc + span, bias2, prefetch_some);
+        strip_chunk<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, bk, kc, kc + span, wp, prefetch_some);
   }
   // Steps count a pattern's empty tiles too, which take none: what is left of the
   // next block's query rows is asked for now.
@@ -1071,10 +1096,10 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
   prefetch_some();
 
   for (int r = 0; r < n; ++r) {
-    float l = sc.l[r];
-    if constexpr (normalized) l = simd::ops<Arch>::reduce_add(simd::ops<Arch>::load(sc.lvec.data() + r * W));
+    const float l = simd::ops<Arch>::reduce_add(simd::ops<Arch>::load(sc.lvec.data() + r * W));
     finalize_row<Arch, Pol>(c.shape, c.opt, c.out, obs, b, h, token(row0 + r), sc.m[r], l, sc.t[r], sc.count[r],
-                      sc.o.data() + r * Dvp, row_extras{sc.first[r], K ? sc.topk.data() + r * K : nullptr, K});
+                            sc.o.data() + r * Dvp, row_extras{sc.first[r], K ? sc.topk.data() + r * K : nullptr, K},
+                            sc.extras.data());
   }
 }
 
@@ -1082,9 +1107,10 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, index_t b, in
 template <class Arch, class Pol, class Obs, class KV, class Keys = no_pattern>
 void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<const float>& q,
                    const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
-                   const options& opt, Obs& obs, const Keys& keys = {}, index_t band = 0) {
+                   const options& opt, Obs& obs, workspace& ws, const Keys& keys = {}, index_t band = 0) {
   if (sh.batch == 0 || sh.q_heads == 0 || sh.q_len == 0) return;
   const int threads = resolve_num_threads(opt.num_threads);
+  ws.reserve_slots(threads);
   // A local window (options or pattern) bounds the keys each row sees.
   const bool right_bounded = opt.window.right >= 0 || opt.causal != causal::none;
   if (opt.window.left >= 0 && right_bounded) {
@@ -1095,15 +1121,20 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   packed_kv<Arch> kv;
   const identity_rows identity;
   [[maybe_unused]] const reordered_rows<Keys> reordered{keys};
+  auto& storage = ws.shared().get<typename packed_kv<Arch>::storage>();
+  const auto wide_of = [&](int slot) {
+    auto& w = ws.slot(slot).get<block_scratch>().wide;
+    if (w.size() < static_cast<std::size_t>(16 * sh.head_dim)) w.resize(static_cast<std::size_t>(16 * sh.head_dim));
+    return w.data();
+  };
   if constexpr (requires { keys.kv_token(index_t{}, index_t{}); }) {
-    kv.pack(k, v, threads, reordered, band > 0);
+    kv.pack(k, v, threads, reordered, band > 0, storage, wide_of);
   } else {
-    kv.pack(k, v, threads, identity, band > 0);
+    kv.pack(k, v, threads, identity, band > 0, storage, wide_of);
   }
 
-  quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, kv};
-  const double tau = opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
-  c.q_scale = static_cast<float>(tau * std::numbers::log2e);
+  quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, kv, ws};
+  c.q_scale = static_cast<float>(resolved_scale(opt, sh.head_dim) * logit_unit<Pol>);
   c.elementwise = has_elementwise_terms(opt);
   if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
   c.count_dynamic = c.elementwise || Keys::active;
@@ -1138,11 +1169,12 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
     const index_t row0 = qb * BM;
     return block_ref{bh / sh.q_heads, bh % sh.q_heads, row0, static_cast<int>(std::min<index_t>(BM, sh.q_len - row0))};
   };
-  parallel_for(heads * q_blocks, threads, [&](index_t task) {
+  parallel_for(heads * q_blocks, threads, [&](index_t task, int slot) {
     const block_ref blk = block_of(task);
     // Tasks are handed out in order, so this thread's next is about `threads` on.
     const index_t next = task + threads;
-    run_block<Arch>(c, obs, blk.b, blk.h, blk.row0, blk.n, next < heads * q_blocks ? block_of(next) : block_ref{});
+    run_block<Arch>(c, obs, slot, blk.b, blk.h, blk.row0, blk.n,
+                    next < heads * q_blocks ? block_of(next) : block_ref{});
   });
 }
 

@@ -50,25 +50,23 @@ struct top_k_keys {
 
   index_t k = 0, k_len = 0;
 
-  /// Per-thread state: a task runs start to end on one thread, so pass 1 of a block
-  /// and its main pass see the same state.
-  static top_k_block& state() {
-    thread_local top_k_block s;
-    return s;
-  }
+  /// The block's selection lives in the task's scratch: pass 1 of a block and its
+  /// main pass run in the same task.
+  static top_k_block& state(block_scratch& sc) { return sc.ext.get<top_k_block>(); }
+  static const top_k_block& state(const block_scratch& sc) { return *sc.ext.find<top_k_block>(); }
 
   key_range hull(index_t, index_t, index_t) const { return {0, k_len}; }
 
-  tile_class classify(index_t, index_t, index_t i0, index_t, index_t j0, index_t) const {
-    const top_k_block& s = state();
+  tile_class classify(const block_scratch& sc, index_t, index_t, index_t i0, index_t, index_t j0, index_t) const {
+    const top_k_block& s = state(sc);
     const unsigned char on = s.on[static_cast<std::size_t>((i0 - s.row0) / MR * s.tiles + j0 / BN)];
     return on == 0 ? tile_class::empty : on == 1 ? tile_class::partial : tile_class::full;
   }
 
   template <class A, int N>
-  void filter(index_t, index_t, index_t i, index_t j0, vf (&row)[N]) const {
+  void filter(const block_scratch& sc, index_t, index_t, index_t i, index_t j0, vf (&row)[N]) const {
     static_assert(std::is_same_v<A, Arch> && N <= NC);  // N < NC: a band-edge sub-tile from j0
-    const top_k_block& s = state();
+    const top_k_block& s = state(sc);
     const auto r = static_cast<std::size_t>(i - s.row0);
     const float t = s.thr[r], tie = s.tie[r];
     if (t == neg_inf) return;  // keeps all (also keeps NaN logits)
@@ -87,7 +85,7 @@ struct top_k_keys {
   template <class Pol>
   void prepare(const quadratic_call<Arch, Pol, top_k_keys>& c, block_scratch& sc, index_t b, index_t h,
                batch_keys bk, index_t row0, int n) const {
-    top_k_block& s = state();
+    top_k_block& s = state(sc);
     const index_t D = c.shape.head_dim, tiles = c.kv.key_tiles;
     const index_t strips = (n + MR - 1) / MR;
     s.row0 = row0;
@@ -117,7 +115,7 @@ struct top_k_keys {
       vf visible[MR];
       for (auto& x : visible) x = O::set1(0.0f);
       for (index_t kb = kb0; kb < kb1; ++kb) {
-        c.kv.ensure(bg, kb);  // a lazily packed call packs the tile here
+        c.kv.ensure(bg, kb, sc.wide.data());  // a lazily packed call packs the tile here
         const float* kpanel = khead + kb * D * BN;
         float* dst = s.logits.data() + (kb - kb0) * BN;
         float* gm = s.gmax.data() + (kb - kb0) * NC;

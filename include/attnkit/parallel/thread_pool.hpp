@@ -11,6 +11,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace attnkit {
@@ -30,24 +31,29 @@ inline int resolve_num_threads(int requested) {
 
 class thread_pool {
  public:
+  /// The process-wide pool. Never destroyed (reachable from a static pointer, so
+  /// leak checkers stay quiet): calls from static destructors and atexit handlers
+  /// still find it; its idle workers end with the process.
   static thread_pool& instance() {
-    static thread_pool pool;
-    return pool;
+    static thread_pool* pool = new thread_pool;
+    return *pool;
   }
 
-  /// Runs f(task) for task in [0, n_tasks) on up to `threads` threads (the caller
-  /// included) and returns when all are done. Tasks are claimed dynamically.
+  /// Runs f(task, slot) for task in [0, n_tasks) on up to `threads` threads (the
+  /// caller included) and returns when all are done. Tasks are claimed
+  /// dynamically; `slot` ∈ [0, threads) names the thread running the task (the
+  /// caller is 0), so a task may use per-slot scratch without locks.
   template <class F>
   void run(std::int64_t n_tasks, int threads, F&& f) {
     if (n_tasks <= 0) return;
     if (threads > n_tasks) threads = static_cast<int>(n_tasks);
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (threads <= 1 || !busy.owns_lock()) {
-      for (std::int64_t t = 0; t < n_tasks; ++t) f(t);
+      for (std::int64_t t = 0; t < n_tasks; ++t) f(t, 0);
       return;
     }
     ensure_workers(threads - 1);
-    std::function<void(std::int64_t)> job = [&f](std::int64_t t) { f(t); };
+    std::function<void(std::int64_t, int)> job = [&f](std::int64_t t, int slot) { f(t, slot); };
     {
       std::lock_guard<std::mutex> lk(m_);
       job_ = &job;
@@ -58,7 +64,7 @@ class thread_pool {
       ++generation_;
     }
     cv_.notify_all();
-    work();
+    work(0);
     std::unique_lock<std::mutex> lk(m_);
     done_cv_.wait(lk, [&] { return done_.load() == n_tasks_ && finished_workers_ == active_workers_; });
     finished_workers_ = 0;
@@ -92,11 +98,11 @@ class thread_pool {
     }
   }
 
-  void work() {
+  void work(int slot) {
     for (;;) {
       std::int64_t t = next_.fetch_add(1);
       if (t >= n_tasks_) break;
-      (*job_)(t);
+      (*job_)(t, slot);
       done_.fetch_add(1);
     }
   }
@@ -110,7 +116,7 @@ class thread_pool {
         if (stop_) return;
         if (id >= active_workers_) continue;
       }
-      work();
+      work(id + 1);
       {
         std::lock_guard<std::mutex> lk(m_);
         ++finished_workers_;
@@ -123,7 +129,7 @@ class thread_pool {
   std::mutex m_;
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
-  std::function<void(std::int64_t)>* job_ = nullptr;
+  std::function<void(std::int64_t, int)>* job_ = nullptr;
   std::int64_t n_tasks_ = 0;
   std::atomic<std::int64_t> next_{0}, done_{0};
   int active_workers_ = 0;
@@ -132,10 +138,14 @@ class thread_pool {
   bool stop_ = false;
 };
 
-/// Runs f(task) for task in [0, n_tasks) on `threads` threads of the shared pool.
+/// Runs f(task) — or f(task, slot), slot ∈ [0, threads) naming the thread (see
+/// thread_pool::run) — for task in [0, n_tasks) on `threads` threads of the pool.
 template <class F>
 void parallel_for(std::int64_t n_tasks, int threads, F&& f) {
-  thread_pool::instance().run(n_tasks, threads, std::forward<F>(f));
+  if constexpr (std::is_invocable_v<F&, std::int64_t, int>)
+    thread_pool::instance().run(n_tasks, threads, f);
+  else
+    thread_pool::instance().run(n_tasks, threads, [&f](std::int64_t t, int) { f(t); });
 }
 
 }  // namespace attnkit

@@ -2,7 +2,11 @@
 /// \file
 /// The policy interface. A policy is a small value type holding only the
 /// parameters of a variant; its `family` tag picks the kernel skeleton that runs
-/// it (kernel/dispatch.hpp). Adding a variant = one header here + tests.
+/// it (api/attention.hpp). Each family's contract is a concept in its own header:
+///   quadratic  — a weight function (policy/weight.hpp): softmax, sigmoid, yours;
+///   pattern    — a key-set pattern around a weight function (policy/pattern.hpp);
+///   kernelized — a feature map in the linear-attention skeleton (policy/linear.hpp);
+///   permutation — permute → windowed attention → unpermute.
 #include <concepts>
 #include <type_traits>
 
@@ -10,7 +14,7 @@ namespace attnkit {
 
 /// Family tags: one per kernel skeleton.
 namespace family {
-struct quadratic {};    ///< tiled streaming over (query block × key block): softmax, sigmoid
+struct quadratic {};    ///< tiled streaming over (query block × key block): a weight function
 struct kernelized {};   ///< feature maps + running state: linear, log-normal
 struct pattern {};      ///< block/element selection wrapped around a quadratic policy: sparse
 struct permutation {};  ///< permute -> windowed attention -> unpermute
@@ -24,11 +28,8 @@ concept policy = std::copyable<P> && requires { typename P::family; };
 template <class P>
 inline constexpr bool is_policy_v = policy<P>;
 
-/// Quadratic-family policies: a score -> weight map, either normalised over the
-/// row (online softmax state) or used as is (weights simply add over key blocks).
-template <class P>
-concept quadratic_policy = policy<P> && std::same_as<typename P::family, family::quadratic> && requires {
-  { P::normalized } -> std::convertible_to<bool>;
-};
+/// How the kernels evaluate softmax's exp(). `fast`: degree-5 minimax polynomial
+/// (≤ 2 ulp on the range the kernel uses). `precise`: xsimd::exp2 / std::exp2.
+enum class exp_mode : unsigned char { fast, precise };
 
 }  // namespace attnkit

@@ -6,16 +6,31 @@
 #include <cstdint>
 #include <optional>
 
-#include "family.hpp"
+#include "weight.hpp"
 
 namespace attnkit {
 
-/// Sigmoid attention policy. `bias` unset = the paper's default b = −ln(Lk), with
-/// Lk the key length of the call (per batch when key_lengths is given).
+/// Sigmoid attention policy: the weight function σ(s + b), rows not normalised.
+/// `bias` unset = the paper's default b = −ln(Lk), with Lk the key length of the
+/// call (per batch when key_lengths is given).
 struct sigmoid {
   using family = attnkit::family::quadratic;
-  static constexpr bool normalized = false;
+  static constexpr attnkit::normalization normalization = attnkit::normalization::none;
   std::optional<float> bias{};
+
+  struct params {
+    double bias;
+  };
+  params resolve(const weight_context& c) const noexcept { return {resolved_bias(c.key_length)}; }
+  template <class V>
+  V weight(V s, const params& p) const noexcept {
+    return math::sigmoid(s + V(p.bias));
+  }
+  template <class V>
+  V derivative(V s, const params& p) const noexcept {
+    const V w = weight(s, p);
+    return w * (V(1) - w);
+  }
 
   /// The bias used for a row whose key sequence has length `lk`.
   double resolved_bias(std::int64_t lk) const noexcept {

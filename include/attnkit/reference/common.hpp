@@ -172,11 +172,6 @@ inline bool option_allows(const options& opt, const batch_keys& bk, index_t b, i
   return true;
 }
 
-/// τ of the call: options.scale or 1/sqrt(D).
-inline double resolved_scale(const options& opt, index_t head_dim) {
-  return opt.scale ? *opt.scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-}
-
 /// Logits of head (b, h) into L [Lq × Lk]: τ·q·k, soft-capped c·tanh(s/c), plus
 /// bias and ALiBi −m_h·|i + Δ − j|; −inf where the options mask the pair.
 template <class TQ, class TK>

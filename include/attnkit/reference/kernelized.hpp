@@ -253,7 +253,7 @@ result attention(const log_normal& pol, const tensor_view<TQ>& q, const tensor_v
   const lln_coefficients c = lln_coefficients_of(pol, q, k);
   result res = detail::make_result(sh, false, ex);
   const index_t Lq = sh.q_len, Lk = sh.k_len, D = sh.head_dim;
-  const double tau = detail::resolved_scale(opt, D);
+  const double tau = attnkit::resolved_scale(opt, D);
   std::vector<double> phq, phk, W, x(static_cast<std::size_t>(D)), y(static_cast<std::size_t>(D));
   std::vector<index_t> prefix;
   for (index_t b = 0; b < sh.batch; ++b)

@@ -16,14 +16,16 @@
 namespace attnkit::reference {
 namespace detail {
 
-/// Softmax or sigmoid over the finished logits of one head; writes out and the rows'
-/// diagnostics. `sig` null = softmax.
-template <class TV, class TO>
-void finish_head(const sigmoid* sig, const tensor_view<TV>& v, const tensor_view<TO>& out, const options& opt,
+/// The policy's weight function over the finished logits of one head (softmax:
+/// exp with the row's LSE; others: weight(s) from the policy's own definition, on
+/// double); writes out and the rows' diagnostics.
+template <class W, class TV, class TO>
+void finish_head(const W& pol, const tensor_view<TV>& v, const tensor_view<TO>& out, const options& opt,
                  const problem_shape& sh, index_t b, index_t h, const std::vector<double>& L, result& res,
                  const extras& ex) {
   const index_t Lq = sh.q_len, Lk = sh.k_len, Dv = sh.value_dim, g = h / sh.group();
   const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
+  const auto wp = attnkit::detail::resolve_weight(pol, weight_context{bk.lk, Lq, sh.head_dim});
   std::vector<double> acc(static_cast<std::size_t>(Dv)), vj(static_cast<std::size_t>(Dv)), w;
   const double fill = opt.masked_rows == masked_rows::nan ? qnan : 0.0;
   for (index_t i = 0; i < Lq; ++i) {
@@ -42,7 +44,8 @@ void finish_head(const sigmoid* sig, const tensor_view<TV>& v, const tensor_view
     std::fill(acc.begin(), acc.end(), 0.0);
     w.assign(J.size(), 0.0);
     bool write_fill = false;
-    if (sig == nullptr) {  // softmax
+    if constexpr (W::normalization == normalization::softmax) {
+      (void)wp;
       const bool has_sink = !opt.sinks.empty();
       const double sink = has_sink ? static_cast<double>(opt.sinks[static_cast<std::size_t>(h)]) : ninf;
       double m = sink;
@@ -75,18 +78,27 @@ void finish_head(const sigmoid* sig, const tensor_view<TV>& v, const tensor_view
         row_entropy(res, r, w, 1.0, ex);
       }
       if (opt.lse) opt.lse[r] = static_cast<float>(res.lse[u]);
-    } else {  // sigmoid: no normalisation, masked keys weigh 0, empty rows are 0
-      const double bias = sig->resolved_bias(bk.lk);
+    } else {
+      // weight(s) as the policy defines it; masked keys weigh 0. none: o = Σ w v
+      // (an empty row is 0); sum: o = Σ w v / Σ w (a row without weight follows
+      // masked_rows).
       double mass = 0;
       for (std::size_t x = 0; x < J.size(); ++x) {
-        w[x] = 1.0 / (1.0 + std::exp(-(s[J[x]] + bias)));
+        w[x] = attnkit::detail::eval_weight(pol, s[J[x]], wp);
         mass += w[x];
+      }
+      constexpr bool divide = W::normalization == normalization::sum;
+      if (divide && mass == 0.0) write_fill = true;
+      for (std::size_t x = 0; x < J.size(); ++x) {
+        const double wx = divide && mass != 0.0 ? w[x] / mass : w[x];
         load(v, b, g, J[x], vj.data());
-        for (index_t d = 0; d < Dv; ++d) acc[static_cast<std::size_t>(d)] += w[x] * vj[static_cast<std::size_t>(d)];
+        for (index_t d = 0; d < Dv; ++d) acc[static_cast<std::size_t>(d)] += wx * vj[static_cast<std::size_t>(d)];
       }
       res.mass[u] = mass;
       if (!J.empty() && J[0] == 0) res.first_prob[u] = mass > 0 ? w[0] / mass : (std::isnan(mass) ? qnan : 0.0);
       row_entropy(res, r, w, mass, ex);
+      if (divide && mass != 0.0)
+        for (auto& x : w) x /= mass;  // keep_weights: the weights applied to V
     }
     for (index_t d = 0; d < Dv; ++d)
       out(b, h, i, d) = static_cast<std::remove_cv_t<TO>>(write_fill ? fill : acc[static_cast<std::size_t>(d)]);
@@ -96,37 +108,25 @@ void finish_head(const sigmoid* sig, const tensor_view<TV>& v, const tensor_view
 }
 
 /// The quadratic driver: logits per head, then `restrict(b, h, L)` may mask more
-/// pairs (patterns, permutation windows), then softmax/sigmoid.
-template <class TQ, class TK, class TV, class TO, class Restrict>
-result run_quadratic(const sigmoid* sig, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+/// pairs (patterns, permutation windows), then the policy's weights.
+template <class W, class TQ, class TK, class TV, class TO, class Restrict>
+result run_quadratic(const W& pol, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                      const tensor_view<TO>& out, const options& opt, const problem_shape& sh, const extras& ex,
                      Restrict&& restrict) {
-  if (sig != nullptr) {
-    if (opt.lse) fail("options.lse", "", "nullptr (LSE exists only for normalised policies)", "a pointer");
-    if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
-  }
-  result res = make_result(sh, sig == nullptr, ex);
+  static_assert(attnkit::detail::check_weight_function<W>());
+  attnkit::detail::check_weight_options<W>(opt);
+  result res = make_result(sh, W::normalization == normalization::softmax, ex);
   if (ex.keep_weights) res.logits.assign(res.weights.size(), ninf);
   std::vector<double> L;
   for (index_t b = 0; b < sh.batch; ++b)
     for (index_t h = 0; h < sh.q_heads; ++h) {
       head_logits(q, k, opt, sh, b, h, L);
       restrict(b, h, L);
-      finish_head(sig, v, out, opt, sh, b, h, L, res, ex);
+      finish_head(pol, v, out, opt, sh, b, h, L, res, ex);
       if (ex.keep_weights)
         std::copy(L.begin(), L.end(), res.logits.begin() + static_cast<std::ptrdiff_t>(res.element(b, h, 0, 0)));
     }
   return res;
-}
-
-template <class Inner>
-constexpr const sigmoid* sigmoid_or_null(const Inner& inner) noexcept {
-  if constexpr (std::is_same_v<Inner, sigmoid>)
-    return &inner;
-  else {
-    static_assert(std::is_same_v<Inner, softmax>, "attnkit::reference: inner policy must be softmax or sigmoid");
-    return nullptr;
-  }
 }
 
 /// Keeps the k largest logits of every row (ties: smaller key index).
@@ -236,22 +236,18 @@ inline void check_permutations(const std::vector<std::vector<index_t>>& perms, c
 
 }  // namespace detail
 
-/// Exact softmax attention (every option applies). `policy.exp` is irrelevant here.
-template <detail::element TQ, detail::element TK, detail::element TV, class TO>
-result attention(const softmax&, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+/// Attention of a quadratic-family policy — softmax, sigmoid, or a user's weight
+/// function — with every option. Softmax: exact, `policy.exp` is irrelevant here.
+/// Others: w = policy.weight(s) evaluated in double from the policy's own
+/// definition; rows are divided by Σ w for normalization::sum. Sigmoid: b =
+/// policy.resolved_bias(lk) per batch; rows with no visible key are 0
+/// (options.masked_rows does not apply without normalisation); options.lse and
+/// options.sinks are rejected for every policy but softmax.
+template <quadratic_weight W, detail::element TQ, detail::element TK, detail::element TV, class TO>
+result attention(const W& pol, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                  const tensor_view<TO>& out, const options& opt = {}, const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, /*require_contiguous_dim=*/false);
-  return detail::run_quadratic(nullptr, q, k, v, out, opt, sh, ex, [](index_t, index_t, std::vector<double>&) {});
-}
-
-/// Sigmoid attention: o_i = Σ_j σ(s_ij + b) v_j, b = policy.resolved_bias(lk) per
-/// batch. Rows with no visible key are 0 (options.masked_rows does not apply: there
-/// is no normalisation); options.lse and options.sinks are rejected.
-template <detail::element TQ, detail::element TK, detail::element TV, class TO>
-result attention(const sigmoid& pol, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
-                 const tensor_view<TO>& out, const options& opt = {}, const extras& ex = {}) {
-  const problem_shape sh = validate_call(q, k, v, out, opt, false);
-  return detail::run_quadratic(&pol, q, k, v, out, opt, sh, ex, [](index_t, index_t, std::vector<double>&) {});
+  return detail::run_quadratic(pol, q, k, v, out, opt, sh, ex, [](index_t, index_t, std::vector<double>&) {});
 }
 
 /// Sparse attention: the pattern's key set ∩ the options' masks, then the inner
@@ -262,8 +258,7 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
                  const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
   pattern::check_arguments(pol.pattern, sh, opt);
-  const sigmoid* sig = detail::sigmoid_or_null(pol.inner);
-  return detail::run_quadratic(sig, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
+  return detail::run_quadratic(pol.inner, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
     const index_t Lq = sh.q_len, Lk = sh.k_len;
     if constexpr (std::is_same_v<P, pattern::top_k>) {
       (void)b, (void)h;
@@ -292,7 +287,7 @@ result attention(const stochastic_permutation& pol, const std::vector<std::vecto
   detail::check_self_attention(sh);
   detail::check_permutations(perms, sh);
   if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
-  return detail::run_quadratic(nullptr, q, k, v, out, opt, sh, ex, [&](index_t, index_t h, std::vector<double>& L) {
+  return detail::run_quadratic(softmax{}, q, k, v, out, opt, sh, ex, [&](index_t, index_t h, std::vector<double>& L) {
     const auto& p = perms.size() == 1 ? perms[0] : perms[static_cast<std::size_t>(h / sh.group())];
     detail::rank_window(p, pol.kind, pol.window, sh.k_len, L);
   });
