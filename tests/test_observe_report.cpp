@@ -173,7 +173,7 @@ TEST_CASE("entropy CSV: header, one line per (layer, batch, head), values read b
   std::getline(is, line);
   CHECK(line == entropy_csv_header());
   const auto header = split(line);
-  REQUIRE(header.size() == 22);
+  REQUIRE(header.size() == 23);
   std::size_t lines = 0;
   for (const auto& st : layers)
     for (const head_stats& h : st.heads) {
@@ -201,6 +201,7 @@ TEST_CASE("entropy CSV: header, one line per (layer, batch, head), values read b
       CHECK(f[19] == (h.sink ? "1" : "0"));
       CHECK(f[20] == (h.collapsed ? "1" : "0"));
       CHECK(f[21] == (h.overloaded ? "1" : "0"));
+      CHECK(std::stoll(f[22]) == h.norm_rows);
     }
   CHECK(lines == 3 * 2 * 3);
   CHECK_FALSE(std::getline(is, line));
@@ -237,6 +238,7 @@ TEST_CASE("entropy JSON: parses, and every field matches the statistics", "[obse
       CHECK(j["batch"].n == h.batch);
       CHECK(j["head"].n == h.head);
       CHECK(j["rows"].n == h.rows);
+      CHECK(j["norm_rows"].n == h.norm_rows);
       CHECK(j["empty_rows"].n == h.empty_rows);
       check_num(j["entropy_mean"], h.entropy_mean);
       check_num(j["entropy_min"], h.entropy_min);

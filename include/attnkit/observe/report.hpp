@@ -9,8 +9,10 @@
 /// CSV: one header line, then one line per (layer, batch, head), columns
 ///   layer,batch,head,rows,empty_rows,nan_rows,entropy_mean,entropy_min,entropy_max,
 ///   norm_entropy_mean,norm_entropy_min,norm_entropy_max,norm_entropy_std,head_spread,
-///   sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded
-/// (head_spread: the std across the heads of that layer and batch of their mean Ĥ;
+///   sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded,norm_rows
+/// (rows: the rows of the H statistics, n_i ≥ 1; norm_rows: those of the Ĥ statistics,
+/// ≥ 2 categories — see observe/entropy.hpp;
+/// head_spread: the std across the heads of that layer and batch of their mean Ĥ;
 /// sink: sink_mass > ε; flags 0/1; NaN written as `nan`). Numbers use the C locale, 12 significant digits.
 ///
 /// JSON: {"format": "attnkit.entropy/1", "layers": [{"layer", "batch", "heads",
@@ -69,7 +71,7 @@ inline std::string xml_escape(const std::string& s) {
 inline void json_head(std::ostream& os, const head_stats& h, int top_k) {
   auto n = [](double x) { return fmt_num(x, true); };
   os << "{\"batch\": " << h.batch << ", \"head\": " << h.head << ", \"rows\": " << h.rows
-     << ", \"empty_rows\": " << h.empty_rows << ", \"nan_rows\": " << h.nan_rows
+     << ", \"norm_rows\": " << h.norm_rows << ", \"empty_rows\": " << h.empty_rows << ", \"nan_rows\": " << h.nan_rows
      << ", \"entropy_mean\": " << n(h.entropy_mean) << ", \"entropy_min\": " << n(h.entropy_min)
      << ", \"entropy_max\": " << n(h.entropy_max) << ", \"norm_entropy_mean\": " << n(h.norm_entropy_mean)
      << ", \"norm_entropy_min\": " << n(h.norm_entropy_min) << ", \"norm_entropy_max\": " << n(h.norm_entropy_max)
@@ -94,7 +96,7 @@ void write_file(const std::string& path, F&& f) {
 inline const char* entropy_csv_header() noexcept {
   return "layer,batch,head,rows,empty_rows,nan_rows,entropy_mean,entropy_min,entropy_max,"
          "norm_entropy_mean,norm_entropy_min,norm_entropy_max,norm_entropy_std,head_spread,"
-         "sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded";
+         "sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded,norm_rows";
 }
 
 /// CSV, one line per (layer, batch, head).
@@ -112,7 +114,7 @@ inline void write_entropy_csv(std::ostream& os, std::span<const entropy_stats> l
          << n(h.norm_entropy_mean) << ',' << n(h.norm_entropy_min) << ',' << n(h.norm_entropy_max) << ','
          << n(h.norm_entropy_std) << ',' << n(spread) << ',' << n(h.sink_mass) << ',' << n(h.sink_rate) << ','
          << s.config.top_k << ',' << n(h.topk_mass) << ',' << n(h.mass_mean) << ',' << (h.sink ? 1 : 0) << ',' << (h.collapsed ? 1 : 0) << ','
-         << (h.overloaded ? 1 : 0) << '\n';
+         << (h.overloaded ? 1 : 0) << ',' << h.norm_rows << '\n';
     }
   }
 }
