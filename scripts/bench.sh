@@ -11,7 +11,7 @@
 #   --build-dir DIR  build directory (default: build-bench)
 #   --out DIR        report folder (default: bench-report/<timestamp>)
 #
-# The full suite takes 30-40 minutes on 2 cores. The FMA peak and the triad bandwidth
+# The full suite runs for roughly 10-15 minutes on 2 cores. The FMA peak and the triad bandwidth
 # are measured once before and once after the benchmarks, by one process, and every
 # figure is judged against them (the report warns when the two differ by > 10%).
 # Installs missing Debian packages with apt-get when run as root; otherwise prints the
