@@ -1,12 +1,18 @@
 #pragma once
-// Shared benchmark helpers: the machine limits measured in-process (FMA peak, STREAM
-// triad), random fills, and the counters every attnkit benchmark reports.
+// Shared benchmark helpers: the machine limits (FMA peak, STREAM triad), random fills,
+// and the counters every attnkit benchmark reports.
 //
-// perf.md: "Peak is measured with 12 independent FMA chains in zmm registers
-// (64 flop/cycle/core). The benchmark suite must measure it the same way in the same
-// process and report every kernel as GFLOP/s and as a fraction of that peak."
-// The peak rows are ordinary benchmarks (`peak/fma/threads:T`, `peak/triad/threads:T`)
-// so the JSON of a run carries the limits of that very run; scripts/bench.sh reads them.
+// The FMA peak is 12 independent FMA chains in vector registers (zmm with AVX-512:
+// 64 flop/cycle/core on Zen 4/5); the triad is STREAM's a = b + s·c. Both are ordinary
+// benchmarks (`peak/fma/threads:T`, `peak/triad/threads:T`), so a JSON file carries
+// the limits it was measured with. Modes of every bench binary (bench_main):
+//   (default)       its own cases plus the peak rows: a standalone run judges its
+//                   figures against limits measured in the same process;
+//   --limits-only   only the peak rows, for thread counts 1, 2 and all cores;
+//   --no-peaks      its own cases without peak rows or peak/triad fractions.
+// scripts/bench.sh measures the limits once before and once after all binaries
+// (--limits-only) and runs every binary with --no-peaks, so one set of limits judges
+// every figure of a run (scripts/bench_report.py).
 #include <attnkit/attnkit.hpp>
 #include <benchmark/benchmark.h>
 
@@ -221,6 +227,10 @@ class triad_arrays {
 
 // ---------------------------------------------------------------- the limits of this run
 
+/// Whether this process reports peak rows and peak/triad fractions (false with
+/// --no-peaks: the limits are measured by another process of the run).
+inline bool in_process_limits = true;
+
 /// Limits measured in this process. The peak benchmarks store their best result here;
 /// if they were filtered out, a short measurement is made on first use.
 struct machine_limits {
@@ -302,8 +312,10 @@ inline void bm_peak_triad(benchmark::State& st, int threads) {
   machine_limits::get().record_triad(threads, best);
 }
 
-/// Registers `peak/fma/threads:T` and `peak/triad/threads:T` for every T in `thread_counts`.
+/// Registers `peak/fma/threads:T` and `peak/triad/threads:T` for every T in
+/// `thread_counts` (nothing with --no-peaks).
 inline void register_peaks(const std::vector<int>& thread_counts) {
+  if (!in_process_limits) return;
   for (int t : thread_counts)
     benchmark::RegisterBenchmark(("peak/fma/threads:" + std::to_string(t)).c_str(), bm_peak_fma, t)
         ->Unit(benchmark::kMillisecond);
@@ -315,20 +327,20 @@ inline void register_peaks(const std::vector<int>& thread_counts) {
 // ---------------------------------------------------------------- counters
 
 /// GFLOPS = useful flop per iteration × iterations ÷ wall seconds of the loop, and
-/// peak_frac = GFLOPS ÷ (per-core FMA peak of this run × threads).
+/// (unless --no-peaks) peak_frac = GFLOPS ÷ (per-core FMA peak of this process × threads).
 inline void set_flop_counters(benchmark::State& st, double flop_per_iter, int threads, double wall_seconds) {
   const double gflops = flop_per_iter * static_cast<double>(st.iterations()) / wall_seconds * 1e-9;
   st.counters["GFLOPS"] = gflops;
-  st.counters["peak_frac"] = gflops / (machine_limits::get().fma_peak_per_core() * threads);
+  if (in_process_limits) st.counters["peak_frac"] = gflops / (machine_limits::get().fma_peak_per_core() * threads);
   st.counters["threads"] = threads;
 }
 
-/// GBps of the bytes one iteration must read, and triad_frac = GBps ÷ the triad
-/// bandwidth of this run on the same number of threads.
+/// GBps of the bytes one iteration must read, and (unless --no-peaks) triad_frac =
+/// GBps ÷ the triad bandwidth of this process on the same number of threads.
 inline void set_bandwidth_counters(benchmark::State& st, double bytes_per_iter, int threads, double wall_seconds) {
   const double gbps = bytes_per_iter * static_cast<double>(st.iterations()) / wall_seconds * 1e-9;
   st.counters["GBps"] = gbps;
-  st.counters["triad_frac"] = gbps / machine_limits::get().triad(threads);
+  if (in_process_limits) st.counters["triad_frac"] = gbps / machine_limits::get().triad(threads);
   st.counters["threads"] = threads;
 }
 
@@ -390,22 +402,39 @@ inline bool take_flag(int& argc, char** argv, const char* flag) {
   return found;
 }
 
+/// Thread counts of the limit measurements: 1, 2 and every core.
+inline std::vector<int> limit_thread_counts() {
+  const int hw = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  return hw == 2 ? std::vector<int>{1, 2} : std::vector<int>{1, 2, hw};
+}
+
 /// The main() of every bench binary: a default --benchmark_min_time (a global flag,
-/// so names stay free of "/min_time:..."), `--quick` for smaller suites, the
-/// binary's own registration, and context lines the report script reads.
+/// so names stay free of "/min_time:..."), `--quick` for smaller suites,
+/// `--limits-only` / `--no-peaks` (see the file comment), the binary's own
+/// registration, and context lines the report script reads.
 template <class Register>
 int bench_main(int argc, char** argv, Register&& register_all) {
   const bool quick = take_flag(argc, argv, "--quick");
+  const bool limits_only = take_flag(argc, argv, "--limits-only");
+  in_process_limits = !take_flag(argc, argv, "--no-peaks");
+  if (limits_only && !in_process_limits) {
+    std::fprintf(stderr, "error: --limits-only and --no-peaks exclude each other\n");
+    return 2;
+  }
   std::vector<char*> args(argv, argv + argc);
   std::string min_time = std::string("--benchmark_min_time=") + (quick ? "0.05" : "0.3");
   if (!has_arg(argc, argv, "--benchmark_min_time")) args.insert(args.begin() + 1, min_time.data());
   args.push_back(nullptr);
   argc = static_cast<int>(args.size()) - 1;
   argv = args.data();
-  register_all(quick);
-  benchmark::AddCustomContext("attnkit_version", std::to_string(attnkit::version_major) + "." +
-                                                     std::to_string(attnkit::version_minor) + "." +
-                                                     std::to_string(attnkit::version_patch));
+  if (limits_only)
+    register_peaks(limit_thread_counts());
+  else
+    register_all(quick);
+  benchmark::AddCustomContext("attnkit_version", attnkit::version());
+  benchmark::AddCustomContext("limits", limits_only        ? "limits only"
+                                        : in_process_limits ? "measured in this process"
+                                                            : "measured by another process of the run");
   benchmark::AddCustomContext("attnkit_arch", attnkit::simd::arch_name<attnkit::simd::default_arch>());
   benchmark::AddCustomContext("fma_peak_isa", fma_isa());
   benchmark::AddCustomContext("suite", quick ? "quick" : "full");

@@ -4,9 +4,11 @@
 // grows geometrically from layer to layer (and varies a little across heads), as it
 // does when Q/K weight norms grow during unstable training (Zhai et al. 2023). Each
 // layer runs attnkit::attention with the entropy observer; the program prints mean
-// normalised entropy Ĥ per layer, writes entropy.csv, entropy.json and
-// entropy_heatmap.svg (Ĥ per layer × head) into argv[1] (default: the current
-// directory), and exits non-zero if Ĥ does not fall as the scale grows.
+// normalised entropy Ĥ per layer, writes entropy.csv, entropy.json,
+// entropy_heatmap.svg (Ĥ per layer × head) and entropy_heatmap.gp into argv[1]
+// (default: the current directory), renders entropy_heatmap.png from the latter
+// when gnuplot is installed (Debian: gnuplot-nox), and exits non-zero if Ĥ does not
+// fall as the scale grows.
 //
 //   ./entropy_collapse [output-dir]
 #include <attnkit/attnkit.hpp>
@@ -15,7 +17,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -85,7 +89,21 @@ int main(int argc, char** argv) try {
   attnkit::save_entropy_csv(dir + "entropy.csv", stats);
   attnkit::save_entropy_json(dir + "entropy.json", stats);
   attnkit::save_entropy_heatmap_svg(dir + "entropy_heatmap.svg", stats, ho);
-  std::printf("wrote %sentropy.csv, %sentropy.json, %sentropy_heatmap.svg\n", dir.c_str(), dir.c_str(), dir.c_str());
+  attnkit::save_entropy_heatmap_gnuplot(dir + "entropy_heatmap.gp", stats, dir + "entropy_heatmap.png", ho);
+  std::printf("wrote %sentropy.csv, %sentropy.json, %sentropy_heatmap.svg, %sentropy_heatmap.gp\n", dir.c_str(),
+              dir.c_str(), dir.c_str(), dir.c_str());
+  // The PNG, for machines without an SVG viewer: only if gnuplot is there.
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+    std::remove((dir + "entropy_heatmap.png").c_str());
+    const std::string cmd = "gnuplot '" + dir + "entropy_heatmap.gp'";
+    if (std::system(cmd.c_str()) != 0 || !std::ifstream(dir + "entropy_heatmap.png")) {
+      std::fprintf(stderr, "entropy_collapse: gnuplot did not write %sentropy_heatmap.png\n", dir.c_str());
+      return 1;
+    }
+    std::printf("wrote %sentropy_heatmap.png\n", dir.c_str());
+  } else {
+    std::printf("for a PNG: install gnuplot (Debian: gnuplot-nox) and run gnuplot %sentropy_heatmap.gp\n", dir.c_str());
+  }
 
   if (!falls) {
     std::fprintf(stderr, "entropy_collapse: mean normalised entropy did not fall with the logit scale\n");

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Build the benchmarks (Release, -march=native), run them, and write a report:
-# report.md (GFLOP/s and % of the FMA peak measured in the same run, decode GB/s vs
-# triad bandwidth, attnkit vs baseline ratios), throughput.png, and the raw JSON.
+# report.md (GFLOP/s and % of the FMA peak, decode GB/s vs the triad bandwidth, ratios
+# against the targets), throughput.png, throughput_variants.png and the raw JSON.
 #
 #   scripts/bench.sh [--quick] [--filter REGEX] [--build-dir DIR] [--out DIR]
 #
-#   --quick          smaller/fewer cases, one repetition (a smoke run, ~1 minute)
-#   --filter REGEX   only cases matching REGEX (Google Benchmark syntax); the peak
-#                    rows (peak/...) always run, the report needs them
+#   --quick          bench_softmax's short cases only, one repetition: a smoke run of
+#                    the pipeline (2 cores: ~1 min with a cold build, ~25 s once built)
+#   --filter REGEX   only cases matching REGEX (Google Benchmark syntax), every binary
 #   --build-dir DIR  build directory (default: build-bench)
 #   --out DIR        report folder (default: bench-report/<timestamp>)
 #
+# The full suite runs for roughly 10-15 minutes on 2 cores. The FMA peak and the triad bandwidth
+# are measured once before and once after the benchmarks, by one process, and every
+# figure is judged against them (the report warns when the two differ by > 10%).
 # Installs missing Debian packages with apt-get when run as root; otherwise prints the
 # apt-get line and exits 1.
 set -euo pipefail
@@ -30,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --build-dir=*) build_dir=${1#*=} ;;
     --out) need_value "$@"; out=$2; shift ;;
     --out=*) out=${1#*=} ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -47,23 +50,39 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 
+start=$SECONDS
 echo "== configure ($build_dir, Release)"
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release \
   -DATTNKIT_BUILD_BENCH=ON -DATTNKIT_BUILD_TESTS=OFF -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_NATIVE=ON </dev/null
-echo "== build (-j$jobs)"
-cmake --build "$build_dir" -j "$jobs" </dev/null
+# --quick builds only what it runs: bench_variants alone takes minutes to compile.
+targets=()
+[[ $quick -eq 1 ]] && targets=(--target bench_softmax)
+echo "== build (-j$jobs${targets[*]:+, ${targets[*]}})"
+cmake --build "$build_dir" -j "$jobs" "${targets[@]}" </dev/null
+build_s=$((SECONDS - start))
 
-mapfile -t benches < <(find "$build_dir/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
-[[ ${#benches[@]} -gt 0 ]] || { echo "error: no benchmark binaries in $build_dir/bench" >&2; exit 1; }
-
-bench_args=(--benchmark_out_format=json --benchmark_counters_tabular=true)
 if [[ $quick -eq 1 ]]; then
-  bench_args+=(--quick)
+  benches=("$build_dir/bench/bench_softmax")
+else
+  mapfile -t benches < <(find "$build_dir/bench" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
+fi
+[[ ${#benches[@]} -gt 0 && -x "${benches[0]}" ]] || { echo "error: no benchmark binaries in $build_dir/bench" >&2; exit 1; }
+
+common_args=(--benchmark_out_format=json)
+if [[ $quick -eq 1 ]]; then
+  common_args+=(--quick)
 else
   # Median of 5 repetitions per case: the machines are shared and noisy.
-  bench_args+=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
+  common_args+=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
 fi
-[[ -n "$filter" ]] && bench_args+=("--benchmark_filter=^peak/|$filter")
+bench_args=("${common_args[@]}" --no-peaks --benchmark_counters_tabular=true)
+[[ -n "$filter" ]] && bench_args+=("--benchmark_filter=$filter")
+
+# The machine limits of this run: one process, before and after the benchmarks.
+measure_limits() {
+  echo "== machine limits ($1): FMA peak and STREAM triad"
+  "${benches[0]}" --limits-only "${common_args[@]}" --benchmark_out="$out/limits_$1.json" </dev/null
+}
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -71,14 +90,19 @@ fi
   echo "compiler: $(c++ --version | head -1)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')"
   echo "cores: $jobs"
-  echo "suite: $([[ $quick -eq 1 ]] && echo quick || echo full)${filter:+ (filter: $filter)}"
+  echo "suite: $([[ $quick -eq 1 ]] && echo "quick (bench_softmax only)" || echo full)${filter:+ (filter: $filter)}"
 } > "$out/meta.txt"
 
+run_start=$SECONDS
+measure_limits start
 for b in "${benches[@]}"; do
   name=$(basename "$b")
   echo "== run $name"
   "$b" "${bench_args[@]}" --benchmark_out="$out/$name.json" </dev/null | tee "$out/$name.txt"
 done
+measure_limits end
+run_s=$((SECONDS - run_start))
+echo "time: build ${build_s} s, benchmarks ${run_s} s" >> "$out/meta.txt"
 
 echo "== report"
 python3 "$root/scripts/bench_report.py" "$out"
@@ -87,3 +111,4 @@ if [[ $default_out -eq 1 ]]; then ln -sfn "$stamp" "$root/bench-report/latest" 2
 echo
 echo "report: $out/report.md"
 echo "plots:  $(ls "$out"/*.png | tr "\n" " ")"
+echo "time:   $((SECONDS - start)) s (build ${build_s} s, benchmarks ${run_s} s)"

@@ -29,7 +29,7 @@ done
 
 # shellcheck source=scripts/deps.sh
 source "$root/scripts/deps.sh"
-ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}"
+ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" python3  # python3: the bench_report test
 [[ $sanitize -eq 1 ]] && ensure_packages "${ATTNKIT_CLANG_PACKAGES[@]}"
 
 if [[ -z "$build_dir" ]]; then

@@ -438,3 +438,72 @@ TEST_CASE("row_entropy_of on hand-made row states", "[observe]") {
   const double pk = 4 / (4 + std::exp(30.0)), ps = 1 - pk;
   CHECK(r.entropy == Approx(-pk * std::log(pk / 4) - ps * std::log1p(-pk)).epsilon(1e-9));
 }
+
+TEST_CASE("entropy summaries: Ĥ statistics use rows with ≥ 2 categories, H statistics rows with ≥ 1",
+          "[observe][summary]") {
+  // Causal self-attention: row 0 sees one key, so its Ĥ = H / log 1 is undefined
+  // (stored as 0). Counting it would pin norm_entropy_min at 0 for every head and
+  // pull the mean down; the summaries must leave it out of Ĥ, but not out of H.
+  problem p(2, 3, 1, 40, 40, 32, 32, 41, 0.7f);
+  std::vector<float> out(p.out_size());
+  options o;
+  o.causal = causal::top_left;
+  entropy_stats st;
+  attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o, observe(st));
+  require_contract(st, p);
+  double all_sum = 0, all_n = 0;
+  for (index_t b = 0; b < p.B; ++b)
+    for (index_t h = 0; h < p.Hq; ++h) {
+      const head_stats& hs = st.head(b, h);
+      INFO("b " << b << " h " << h);
+      CHECK(hs.rows == p.Lq);
+      CHECK(hs.norm_rows == p.Lq - 1);
+      double hn_sum = 0, hn_min = inf, h_sum = 0;
+      for (index_t i = 0; i < p.Lq; ++i) {
+        const auto u = static_cast<std::size_t>(st.index(b, h, i));
+        h_sum += st.entropy[u];
+        if (i == 0) continue;  // n = 1
+        hn_sum += st.norm_entropy[u];
+        hn_min = std::min(hn_min, st.norm_entropy[u]);
+      }
+      all_sum += hn_sum, all_n += static_cast<double>(p.Lq - 1);
+      CHECK(hs.entropy_min == 0.0);  // row 0: H = 0 is a well-defined entropy
+      CHECK(hs.entropy_mean == Approx(h_sum / static_cast<double>(p.Lq)).epsilon(1e-12));
+      CHECK(hs.norm_entropy_min > 0.0);
+      CHECK(hs.norm_entropy_min == hn_min);
+      CHECK(hs.norm_entropy_mean == Approx(hn_sum / static_cast<double>(p.Lq - 1)).epsilon(1e-12));
+    }
+  CHECK(st.mean_norm_entropy() == Approx(all_sum / all_n).epsilon(1e-12));
+  for (const head_stats& hs : st.pooled_heads) CHECK(hs.norm_rows == p.B * (p.Lq - 1));
+
+  SECTION("a sink makes row 0 a two-category distribution: it counts") {
+    const std::vector<float> sinks{0.0f, 1.0f, -1.0f};
+    o.sinks = sinks;
+    entropy_stats ss;
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o, observe(ss));
+    for (const head_stats& hs : ss.heads) {
+      CHECK(hs.norm_rows == p.Lq);
+      CHECK(hs.norm_entropy_min > 0.0);
+    }
+  }
+  SECTION("every row with one key: no Ĥ statistics, no flags, H statistics still there") {
+    o.window = {0, 0};  // the diagonal only
+    entropy_stats sd;
+    attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o, observe(sd));
+    for (const head_stats& hs : sd.heads) {
+      CHECK(hs.rows == p.Lq);
+      CHECK(hs.norm_rows == 0);
+      CHECK(hs.entropy_mean == 0.0);
+      CHECK(std::isnan(hs.norm_entropy_mean));
+      CHECK(std::isnan(hs.norm_entropy_min));
+      CHECK_FALSE(hs.collapsed);  // one key per row is not "collapsed attention"
+      CHECK_FALSE(hs.overloaded);
+    }
+    CHECK(std::isnan(sd.mean_norm_entropy()));
+    CHECK(sd.mean_entropy() == 0.0);
+    CHECK(std::isnan(sd.spread));
+    // Sink statistics count every row with a key: only row 0 puts weight on key 0
+    // (mean 1/Lq < ε), so no head is a sink head, and the rate is defined.
+    CHECK(sd.sink_head_rate == 0.0);
+  }
+}

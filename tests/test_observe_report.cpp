@@ -1,4 +1,4 @@
-// CSV / JSON / SVG reports of entropy statistics: the written content is read back
+// CSV / JSON / SVG / gnuplot reports of entropy statistics: the written content is read back
 // (a tiny CSV splitter and a tiny JSON parser written here) and compared with the
 // head summaries. Numbers are written with 12 significant digits: relative
 // tolerance 1e-11.
@@ -173,7 +173,7 @@ TEST_CASE("entropy CSV: header, one line per (layer, batch, head), values read b
   std::getline(is, line);
   CHECK(line == entropy_csv_header());
   const auto header = split(line);
-  REQUIRE(header.size() == 22);
+  REQUIRE(header.size() == 23);
   std::size_t lines = 0;
   for (const auto& st : layers)
     for (const head_stats& h : st.heads) {
@@ -201,6 +201,7 @@ TEST_CASE("entropy CSV: header, one line per (layer, batch, head), values read b
       CHECK(f[19] == (h.sink ? "1" : "0"));
       CHECK(f[20] == (h.collapsed ? "1" : "0"));
       CHECK(f[21] == (h.overloaded ? "1" : "0"));
+      CHECK(std::stoll(f[22]) == h.norm_rows);
     }
   CHECK(lines == 3 * 2 * 3);
   CHECK_FALSE(std::getline(is, line));
@@ -237,6 +238,7 @@ TEST_CASE("entropy JSON: parses, and every field matches the statistics", "[obse
       CHECK(j["batch"].n == h.batch);
       CHECK(j["head"].n == h.head);
       CHECK(j["rows"].n == h.rows);
+      CHECK(j["norm_rows"].n == h.norm_rows);
       CHECK(j["empty_rows"].n == h.empty_rows);
       check_num(j["entropy_mean"], h.entropy_mean);
       check_num(j["entropy_min"], h.entropy_min);
@@ -282,4 +284,46 @@ TEST_CASE("entropy heatmap SVG: one cell per layer × head, labels, colour bar",
   for (std::size_t p = svg.find("<text"); p != std::string::npos; p = svg.find("<text", p + 1)) ++open;
   for (std::size_t p = svg.find("</text>"); p != std::string::npos; p = svg.find("</text>", p + 1)) ++close;
   CHECK(open == close);
+}
+
+TEST_CASE("entropy heatmap gnuplot script: inline cells, flags, escaped labels", "[observe][report]") {
+  const auto layers = make_layers();
+  heatmap_options ho;
+  ho.title = "a \"quoted\" title";
+  ho.row_labels = {"scale 0.25", "scale 1", "scale \"4\""};
+  std::ostringstream os;
+  write_entropy_heatmap_gnuplot(os, layers, "out/heat.png", ho);
+  const std::string gp = os.str();
+  CHECK(gp.find("set terminal pngcairo") != std::string::npos);
+  CHECK(gp.find("set output \"out/heat.png\"") != std::string::npos);
+  CHECK(gp.find("set title \"a \\\"quoted\\\" title\"") != std::string::npos);
+  CHECK(gp.find("\"scale \\\"4\\\"\" 2") != std::string::npos);  // row label of layer 2, escaped
+  CHECK(gp.find("with image") != std::string::npos);
+  // One data line per (layer, head) between "$cells << EOD" and "EOD": head, layer,
+  // mean Ĥ of the pooled head (NaN written as NaN), collapsed, overloaded.
+  std::istringstream is(gp.substr(gp.find("$cells << EOD\n") + 14));
+  std::string line;
+  std::getline(is, line);  // the column comment
+  CHECK(line.rfind("# head layer", 0) == 0);
+  std::size_t cells = 0;
+  while (std::getline(is, line) && line != "EOD") {
+    std::istringstream ls(line);
+    std::size_t h = 0, l = 0;
+    std::string value;
+    int collapsed = -1, overloaded = -1;
+    ls >> h >> l >> value >> collapsed >> overloaded;
+    REQUIRE(l < layers.size());
+    REQUIRE(h < layers[l].pooled_heads.size());
+    const head_stats& hs = layers[l].pooled_heads[h];
+    INFO(line);
+    if (std::isnan(hs.norm_entropy_mean))
+      CHECK(value == "NaN");
+    else
+      CHECK(std::stod(value) == Approx(hs.norm_entropy_mean).epsilon(1e-11));
+    CHECK(collapsed == (hs.collapsed ? 1 : 0));
+    CHECK(overloaded == (hs.overloaded ? 1 : 0));
+    ++cells;
+  }
+  CHECK(line == "EOD");
+  CHECK(cells == 3 * 3);
 }

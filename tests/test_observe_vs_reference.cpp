@@ -100,6 +100,7 @@ TEST_CASE("entropy observer vs reference oracle: softmax rows and head statistic
         const auto& b = rs.heads[h];
         INFO("head " << h);
         CHECK(a.rows == b.rows);
+        CHECK(a.norm_rows == b.norm_rows);
         CHECK(std::abs(a.entropy_mean - b.mean_entropy) <= 1e-4);
         CHECK(std::abs(a.entropy_min - b.min_entropy) <= 1e-4);
         CHECK(std::abs(a.entropy_max - b.max_entropy) <= 1e-4);

@@ -81,7 +81,16 @@ TEST_CASE("reference softmax: causal alignments", "[reference][softmax][mask]") 
     CHECK(o.at(0, 0, 0, 1) == Approx(v.at(0, 0, 0, 1)).margin(tol));
     CHECK(r.allowed == std::vector<index_t>{1, 2, 3});
     CHECK(r.entropy[0] == 0.0);
-    CHECK(r.norm_entropy[0] == 0.0);  // n_i = 1: defined as 0
+    CHECK(r.norm_entropy[0] == 0.0);  // n_i = 1: stored as 0 (Ĥ is undefined there)
+    // Summaries: H over the 3 rows (n ≥ 1), Ĥ over rows 1 and 2 only (n ≥ 2).
+    const auto st = reference::statistics(r);
+    CHECK(st.heads[0].rows == 3);
+    CHECK(st.heads[0].norm_rows == 2);
+    CHECK(st.heads[0].min_entropy == 0.0);
+    CHECK(st.heads[0].mean_entropy == Approx((r.entropy[1] + r.entropy[2]) / 3).margin(tol));
+    CHECK(st.heads[0].min_norm_entropy == std::min(r.norm_entropy[1], r.norm_entropy[2]));
+    CHECK(st.heads[0].min_norm_entropy > 0.0);
+    CHECK(st.heads[0].mean_norm_entropy == Approx((r.norm_entropy[1] + r.norm_entropy[2]) / 2).margin(tol));
   }
   SECTION("bottom-right: j <= i + Lk - Lq") {
     opt.causal = causal::bottom_right;

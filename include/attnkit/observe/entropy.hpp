@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Attention-entropy instrumentation (design.md §4): an observer that turns the
+/// Attention-entropy instrumentation (docs/entropy.md): an observer that turns the
 /// streaming state the kernels already hold into per-row entropy statistics, and
 /// per-(batch, head) summaries used to detect entropy collapse (Zhai et al. 2023),
 /// entropic overload (Jha & Reagen 2025), attention sinks and over-concentration.
@@ -17,9 +17,15 @@
 ///    `options.sinks` is used. The sink is a category of the distribution (it takes
 ///    probability mass), so it is included in H, and Ĥ is normalised by
 ///    log(n_i + 1) in that case.
-///  * Ĥ_i = H_i / log c_i, c_i = number of categories (n_i, or n_i + 1 with a sink);
-///    Ĥ_i = 0 when c_i = 1 (a one-point distribution has zero entropy). Ĥ ∈ [0, 1]
-///    up to rounding. n^Ĥ = e^H is the "effective number of keys" (perplexity).
+///  * Ĥ_i = H_i / log c_i, c_i = number of categories (n_i, or n_i + 1 with a sink).
+///    Ĥ ∈ [0, 1] up to rounding; n^Ĥ = e^H is the "effective number of keys"
+///    (perplexity). Ĥ is undefined for c_i = 1 (0/0: a one-point distribution has
+///    no spread to normalise by); the per-row vector holds 0 there by convention.
+///  * Summary rule: per-head summaries of H (entropy_mean/min/max) use the rows
+///    with c_i ≥ 1 (head_stats::rows); summaries of Ĥ (norm_entropy_mean/min/max/
+///    std, the collapse / overload flags, the spreads, mean_norm_entropy()) use only
+///    the rows with c_i ≥ 2 (head_stats::norm_rows). So under causal masking row 0,
+///    which sees one key, does not pin norm_entropy_min at 0.
 ///  * Rows with n_i = 0 (fully masked — also with a sink, the kernel treats the row
 ///    as empty): H = Ĥ = NaN, LSE = −inf, first-token and top-k mass NaN, mass 0.
 ///    They are counted in head_stats::empty_rows and excluded from every mean,
@@ -188,10 +194,13 @@ inline entropy_part entropy_merge(entropy_part a, entropy_part b) noexcept {
 
 /// Summary of the rows of one (batch, head) — or of one head over all batches
 /// (entropy_stats::pooled_heads, batch = −1). Rows with n_i = 0 or a NaN entropy
-/// are excluded from every statistic (counted in empty_rows / nan_rows).
+/// are excluded from every statistic (counted in empty_rows / nan_rows); the Ĥ
+/// statistics and the flags use only the `norm_rows` rows with ≥ 2 categories
+/// (see the file comment).
 struct head_stats {
   index_t batch = 0, head = 0;
-  index_t rows = 0;        ///< rows that entered the statistics
+  index_t rows = 0;        ///< rows that entered the statistics of H, mass, sink, top-k
+  index_t norm_rows = 0;   ///< rows with ≥ 2 categories: those of the Ĥ statistics and flags
   index_t empty_rows = 0;  ///< rows with n_i = 0
   index_t nan_rows = 0;    ///< rows with n_i ≥ 1 and NaN entropy (NaN logits)
   double entropy_mean = std::numeric_limits<double>::quiet_NaN();
@@ -206,8 +215,8 @@ struct head_stats {
   double topk_mass = std::numeric_limits<double>::quiet_NaN();  ///< mean top-k mass (NaN: top_k = 0)
   double mass_mean = std::numeric_limits<double>::quiet_NaN();  ///< mean row mass (softmax: 1 − p_sink)
   bool sink = false;        ///< sink head: sink_mass > sink_epsilon
-  bool collapsed = false;   ///< norm_entropy_mean < collapse_threshold
-  bool overloaded = false;  ///< norm_entropy_mean > overload_threshold
+  bool collapsed = false;   ///< norm_entropy_mean < collapse_threshold (false without norm_rows)
+  bool overloaded = false;  ///< norm_entropy_mean > overload_threshold (false without norm_rows)
 };
 
 /// Entropy statistics of one attention call (one "layer"). Per-row vectors are
@@ -253,10 +262,15 @@ class entropy_stats {
   index_t index(index_t b, index_t h, index_t i) const noexcept { return (b * heads_count + h) * q_len + i; }
   const head_stats& head(index_t b, index_t h) const { return heads.at(static_cast<std::size_t>(b * heads_count + h)); }
 
-  /// Mean Ĥ over every counted row of the call (NaN if none).
-  double mean_norm_entropy() const noexcept { return mean_of(norm_entropy); }
-  /// Mean H over every counted row of the call (NaN if none).
-  double mean_entropy() const noexcept { return mean_of(entropy); }
+  /// Mean Ĥ over every row of the call with ≥ 2 categories (NaN if none).
+  double mean_norm_entropy() const noexcept { return mean_of(norm_entropy, 2); }
+  /// Mean H over every row of the call with ≥ 1 allowed key (NaN if none).
+  double mean_entropy() const noexcept { return mean_of(entropy, 1); }
+
+  /// Categories of row slot k: n_i, plus the sink when options.sinks was used.
+  index_t categories(std::size_t k) const noexcept {
+    return allowed[k] <= 0 ? 0 : allowed[k] + (has_sink && normalized ? 1 : 0);
+  }
 
   /// Sizes the per-row storage for a call of this shape and clears everything.
   void reset(index_t b, index_t h, index_t lq, index_t lk = 0) {
@@ -305,28 +319,28 @@ class entropy_stats {
         a.finish(hs, config);
         hs.batch = b;
         hs.head = h;
-        if (hs.rows > 0) means.push_back(hs.norm_entropy_mean);
+        if (hs.norm_rows > 0) means.push_back(hs.norm_entropy_mean);
       }
       head_spread[static_cast<std::size_t>(b)] = stddev(means);
     }
     std::vector<double> means;
-    double sinks = 0;
+    double sinks = 0, counted = 0;
     for (index_t h = 0; h < heads_count; ++h) {
       head_stats& hs = pooled_heads[static_cast<std::size_t>(h)];
       pooled[static_cast<std::size_t>(h)].finish(hs, config);
       hs.batch = -1;
       hs.head = h;
-      if (hs.rows > 0) means.push_back(hs.norm_entropy_mean), sinks += hs.sink;
+      if (hs.norm_rows > 0) means.push_back(hs.norm_entropy_mean);
+      if (hs.rows > 0) sinks += hs.sink, counted += 1;
     }
     spread = stddev(means);
-    sink_head_rate = means.empty() ? std::numeric_limits<double>::quiet_NaN()
-                                   : sinks / static_cast<double>(means.size());
+    sink_head_rate = counted > 0 ? sinks / counted : std::numeric_limits<double>::quiet_NaN();
   }
 
  private:
   // Accumulator of one head's rows.
   struct acc {
-    index_t rows = 0, empty = 0, nans = 0, sink_rows = 0, first_rows = 0, topk_rows = 0;
+    index_t rows = 0, norm_rows = 0, empty = 0, nans = 0, sink_rows = 0, first_rows = 0, topk_rows = 0;
     double h = 0, hmin = std::numeric_limits<double>::infinity(), hmax = -std::numeric_limits<double>::infinity();
     double hn = 0, hn2 = 0, hnmin = std::numeric_limits<double>::infinity(),
            hnmax = -std::numeric_limits<double>::infinity();
@@ -346,7 +360,10 @@ class entropy_stats {
       }
       ++rows;
       h += H, hmin = std::min(hmin, H), hmax = std::max(hmax, H);
-      hn += Hn, hn2 += Hn * Hn, hnmin = std::min(hnmin, Hn), hnmax = std::max(hnmax, Hn);
+      if (s.categories(k) >= 2) {  // Ĥ is defined only with two or more categories
+        ++norm_rows;
+        hn += Hn, hn2 += Hn * Hn, hnmin = std::min(hnmin, Hn), hnmax = std::max(hnmax, Hn);
+      }
       mass += s.mass[k];
       if (const double f = s.first_prob[k]; f == f) {
         ++first_rows;
@@ -360,13 +377,19 @@ class entropy_stats {
     }
     void finish(head_stats& hs, const entropy_config& cfg) const {
       hs.rows = rows;
+      hs.norm_rows = norm_rows;
       hs.empty_rows = empty;
       hs.nan_rows = nans;
       if (rows == 0) return;
       const double n = static_cast<double>(rows);
       hs.entropy_mean = h / n, hs.entropy_min = hmin, hs.entropy_max = hmax;
-      hs.norm_entropy_mean = hn / n, hs.norm_entropy_min = hnmin, hs.norm_entropy_max = hnmax;
-      hs.norm_entropy_std = std::sqrt(std::max(0.0, hn2 / n - (hn / n) * (hn / n)));
+      if (norm_rows > 0) {
+        const double nn = static_cast<double>(norm_rows);
+        hs.norm_entropy_mean = hn / nn, hs.norm_entropy_min = hnmin, hs.norm_entropy_max = hnmax;
+        hs.norm_entropy_std = std::sqrt(std::max(0.0, hn2 / nn - (hn / nn) * (hn / nn)));
+        hs.collapsed = hs.norm_entropy_mean < cfg.collapse_threshold;
+        hs.overloaded = hs.norm_entropy_mean > cfg.overload_threshold;
+      }
       hs.mass_mean = mass / n;
       if (first_rows > 0) {
         hs.sink_mass = first / static_cast<double>(first_rows);
@@ -374,8 +397,6 @@ class entropy_stats {
       }
       if (topk_rows > 0) hs.topk_mass = topk / static_cast<double>(topk_rows);
       hs.sink = hs.sink_mass > cfg.sink_epsilon;  // false when sink_mass is NaN
-      hs.collapsed = hs.norm_entropy_mean < cfg.collapse_threshold;
-      hs.overloaded = hs.norm_entropy_mean > cfg.overload_threshold;
     }
   };
 
@@ -389,11 +410,12 @@ class entropy_stats {
     return std::sqrt(s / static_cast<double>(x.size()));  // population std
   }
 
-  double mean_of(const std::vector<double>& v) const noexcept {
+  double mean_of(const std::vector<double>& v, index_t min_categories) const noexcept {
     double s = 0;
     index_t n = 0;
     for (std::size_t k = 0; k < v.size(); ++k)
-      if (allowed[k] > 0 && v[k] == v[k]) s += v[k], ++n;
+      if (categories(k) >= min_categories && entropy[k] == entropy[k] && norm_entropy[k] == norm_entropy[k])
+        s += v[k], ++n;
     return n ? s / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
   }
 };

@@ -9,8 +9,10 @@
 /// CSV: one header line, then one line per (layer, batch, head), columns
 ///   layer,batch,head,rows,empty_rows,nan_rows,entropy_mean,entropy_min,entropy_max,
 ///   norm_entropy_mean,norm_entropy_min,norm_entropy_max,norm_entropy_std,head_spread,
-///   sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded
-/// (head_spread: the std across the heads of that layer and batch of their mean Ĥ;
+///   sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded,norm_rows
+/// (rows: the rows of the H statistics, n_i ≥ 1; norm_rows: those of the Ĥ statistics,
+/// ≥ 2 categories — see observe/entropy.hpp;
+/// head_spread: the std across the heads of that layer and batch of their mean Ĥ;
 /// sink: sink_mass > ε; flags 0/1; NaN written as `nan`). Numbers use the C locale, 12 significant digits.
 ///
 /// JSON: {"format": "attnkit.entropy/1", "layers": [{"layer", "batch", "heads",
@@ -18,6 +20,11 @@
 /// "mean_norm_entropy", "spread", "sink_head_rate", "head_spread": [per batch], "heads": [per
 /// (batch, head), same fields as the CSV], "pooled_heads": [per head, all batches]}]}
 /// NaN and ±inf are written as null.
+///
+/// Heatmap: write_entropy_heatmap_svg draws it by hand (any browser shows it);
+/// write_entropy_heatmap_gnuplot writes a self-contained gnuplot script (data
+/// inline) that renders the same picture as a PNG (`gnuplot file.gp`; Debian
+/// package gnuplot-nox), for machines without an SVG viewer.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -69,7 +76,7 @@ inline std::string xml_escape(const std::string& s) {
 inline void json_head(std::ostream& os, const head_stats& h, int top_k) {
   auto n = [](double x) { return fmt_num(x, true); };
   os << "{\"batch\": " << h.batch << ", \"head\": " << h.head << ", \"rows\": " << h.rows
-     << ", \"empty_rows\": " << h.empty_rows << ", \"nan_rows\": " << h.nan_rows
+     << ", \"norm_rows\": " << h.norm_rows << ", \"empty_rows\": " << h.empty_rows << ", \"nan_rows\": " << h.nan_rows
      << ", \"entropy_mean\": " << n(h.entropy_mean) << ", \"entropy_min\": " << n(h.entropy_min)
      << ", \"entropy_max\": " << n(h.entropy_max) << ", \"norm_entropy_mean\": " << n(h.norm_entropy_mean)
      << ", \"norm_entropy_min\": " << n(h.norm_entropy_min) << ", \"norm_entropy_max\": " << n(h.norm_entropy_max)
@@ -94,7 +101,7 @@ void write_file(const std::string& path, F&& f) {
 inline const char* entropy_csv_header() noexcept {
   return "layer,batch,head,rows,empty_rows,nan_rows,entropy_mean,entropy_min,entropy_max,"
          "norm_entropy_mean,norm_entropy_min,norm_entropy_max,norm_entropy_std,head_spread,"
-         "sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded";
+         "sink_mass,sink_rate,top_k,topk_mass,mass_mean,sink,collapsed,overloaded,norm_rows";
 }
 
 /// CSV, one line per (layer, batch, head).
@@ -112,7 +119,7 @@ inline void write_entropy_csv(std::ostream& os, std::span<const entropy_stats> l
          << n(h.norm_entropy_mean) << ',' << n(h.norm_entropy_min) << ',' << n(h.norm_entropy_max) << ','
          << n(h.norm_entropy_std) << ',' << n(spread) << ',' << n(h.sink_mass) << ',' << n(h.sink_rate) << ','
          << s.config.top_k << ',' << n(h.topk_mass) << ',' << n(h.mass_mean) << ',' << (h.sink ? 1 : 0) << ',' << (h.collapsed ? 1 : 0) << ','
-         << (h.overloaded ? 1 : 0) << '\n';
+         << (h.overloaded ? 1 : 0) << ',' << h.norm_rows << '\n';
     }
   }
 }
@@ -149,12 +156,12 @@ inline void write_entropy_json(std::ostream& os, std::span<const entropy_stats> 
   os << "\n  ]\n}\n";
 }
 
-/// Options of the SVG heatmap.
+/// Options of the heatmaps (SVG and gnuplot/PNG).
 struct heatmap_options {
   std::string title = "Attention entropy: mean normalised entropy per layer x head";
   /// One label per layer row (e.g. "L3  scale 2.0"); empty: "layer <n>".
   std::vector<std::string> row_labels{};
-  int cell = 44;             ///< cell size, px
+  int cell = 44;             ///< cell size, px (SVG; the PNG uses 64)
   bool values = true;        ///< print the value in each cell
   bool mark_flags = true;    ///< outline collapsed (red) and overloaded (orange) heads
 };
@@ -249,6 +256,65 @@ inline void write_entropy_heatmap_svg(std::ostream& os, std::span<const entropy_
   os << "</svg>\n";
 }
 
+namespace detail {
+/// A gnuplot double-quoted string literal.
+inline std::string gp_string(const std::string& s) {
+  std::string r = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') r += '\\';
+    r += c;
+  }
+  return r + '"';
+}
+}  // namespace detail
+
+/// A gnuplot script that renders the heatmap of write_entropy_heatmap_svg as the
+/// PNG `png_path` (pngcairo terminal): mean Ĥ per layer (rows, first on top) × head,
+/// the viridis scale from 0 to 1, values in the cells, collapsed (red) and
+/// overloaded (orange) heads outlined. The data are inline: run `gnuplot file.gp`.
+inline void write_entropy_heatmap_gnuplot(std::ostream& os, std::span<const entropy_stats> layers,
+                                          const std::string& png_path, const heatmap_options& ho = {}) {
+  std::size_t heads = 1;
+  for (const auto& s : layers) heads = std::max(heads, s.pooled_heads.size());
+  const std::size_t rows = std::max<std::size_t>(layers.size(), 1);
+  auto num = [](double x) { return x == x ? detail::fmt_num(x, false) : std::string("NaN"); };
+  const int cell = 64;
+  os << "# attnkit entropy heatmap: `gnuplot <this file>` writes " << png_path << "\n"
+     << "set terminal pngcairo size " << 260 + cell * static_cast<int>(heads) + 150 << ','
+     << 150 + cell * static_cast<int>(rows) << " font 'sans,11' noenhanced\n"
+     << "set output " << detail::gp_string(png_path) << "\n"
+     << "set title " << detail::gp_string(ho.title) << " font ',13'\n"
+     << "$cells << EOD\n# head layer mean_norm_entropy collapsed overloaded\n";
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    for (std::size_t h = 0; h < layers[l].pooled_heads.size(); ++h) {
+      const head_stats& hs = layers[l].pooled_heads[h];
+      os << h << ' ' << l << ' ' << num(hs.norm_entropy_mean) << ' ' << (ho.mark_flags && hs.collapsed) << ' '
+         << (ho.mark_flags && hs.overloaded) << '\n';
+    }
+  os << "EOD\n"
+     << "set xrange [-0.5:" << heads - 0.5 << "]\nset yrange [" << rows - 0.5 << ":-0.5]\n"
+     << "set xtics 1 scale 0\nset x2tics 1 scale 0 format ''\nset xlabel 'head'\nset ytics scale 0 (";
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const std::string label = l < ho.row_labels.size() ? ho.row_labels[l]
+                                                       : "layer " + std::to_string(detail::layer_number(layers[l], l));
+    os << (l ? ", " : "") << detail::gp_string(label) << ' ' << l;
+  }
+  os << ")\nset cbrange [0:1]\nset cbtics 0.25\nset cblabel 'mean normalised entropy H^'\n"
+     << "set palette defined (0 '#440154', 0.125 '#472c7a', 0.25 '#3b518b', 0.375 '#2c718e', 0.5 '#21908d', "
+        "0.625 '#27ad81', 0.75 '#5cc863', 0.875 '#aadc32', 1 '#fde725')\n"
+     << "set size ratio -1\nunset key\n";
+  if (ho.mark_flags)
+    os << "set bmargin 6\nset label 1 'outline: red = collapsed (mean H^ below threshold), orange = overloaded "
+          "(above)' at screen 0.03, screen 0.03 font ',10'\n";
+  os << "plot $cells using 1:2:3 with image, \\\n"
+     << "     $cells using ($4 + $5 > 0 ? $1 : 1/0):2:(0.5):(0.5):($4 > 0 ? 0xd62728 : 0xff7f0e) with boxxyerror "
+        "fill empty border lw 4 lc rgb variable";
+  if (ho.values)
+    os << ", \\\n     $cells using 1:2:($3 == $3 ? sprintf('%.2f', $3) : 'n/a'):($3 > 0.6 ? 0 : 0xffffff) "
+          "with labels tc rgb variable font ',10'";
+  os << "\n";
+}
+
 /// File versions; they throw std::runtime_error if the file cannot be written.
 inline void save_entropy_csv(const std::string& path, std::span<const entropy_stats> layers) {
   detail::write_file(path, [&](std::ostream& os) { write_entropy_csv(os, layers); });
@@ -259,6 +325,10 @@ inline void save_entropy_json(const std::string& path, std::span<const entropy_s
 inline void save_entropy_heatmap_svg(const std::string& path, std::span<const entropy_stats> layers,
                                      const heatmap_options& ho = {}) {
   detail::write_file(path, [&](std::ostream& os) { write_entropy_heatmap_svg(os, layers, ho); });
+}
+inline void save_entropy_heatmap_gnuplot(const std::string& path, std::span<const entropy_stats> layers,
+                                         const std::string& png_path, const heatmap_options& ho = {}) {
+  detail::write_file(path, [&](std::ostream& os) { write_entropy_heatmap_gnuplot(os, layers, png_path, ho); });
 }
 
 }  // namespace attnkit

@@ -86,10 +86,13 @@ struct stats_config {
 };
 
 /// Statistics of one query head over all batches and rows with at least one visible
-/// key (fully-masked rows are excluded; `rows` counts the included ones).
+/// key (fully-masked rows are excluded; `rows` counts the included ones). The Ĥ
+/// statistics and the collapse / overload flags use only the `norm_rows` rows with
+/// n_i ≥ 2 (Ĥ = H / log n_i is undefined for n_i = 1); NaN / false when there are none.
 struct head_summary {
   index_t head = 0;
   index_t rows = 0;
+  index_t norm_rows = 0;
   double mean_entropy = 0, min_entropy = 0, max_entropy = 0;
   double mean_norm_entropy = 0, min_norm_entropy = 0, max_norm_entropy = 0;
   double sink_mass = 0;       ///< mean key-0 probability
@@ -102,7 +105,7 @@ struct head_summary {
 
 struct stats_summary {
   std::vector<head_summary> heads;
-  double norm_entropy_spread = 0;  ///< population std of the heads' mean Ĥ
+  double norm_entropy_spread = 0;  ///< population std of the heads' mean Ĥ (heads with norm_rows > 0)
   double sink_rate = 0;            ///< share of heads with sink_mass > sink_eps
 };
 
@@ -111,7 +114,7 @@ inline stats_summary statistics(const result& res, const stats_config& cfg = {})
   stats_summary out;
   const problem_shape& sh = res.shape;
   double sum_mean = 0, sum_mean2 = 0, sinks = 0;
-  index_t counted_heads = 0;
+  index_t counted_heads = 0, norm_heads = 0;
   for (index_t h = 0; h < sh.q_heads; ++h) {
     head_summary hs;
     hs.head = h;
@@ -125,11 +128,14 @@ inline stats_summary statistics(const result& res, const stats_config& cfg = {})
         ++hs.rows;
         const double H = res.entropy[r], Hn = res.norm_entropy[r];
         hs.mean_entropy += H;
-        hs.mean_norm_entropy += Hn;
         hs.min_entropy = std::min(hs.min_entropy, H);
         hs.max_entropy = std::max(hs.max_entropy, H);
-        hs.min_norm_entropy = std::min(hs.min_norm_entropy, Hn);
-        hs.max_norm_entropy = std::max(hs.max_norm_entropy, Hn);
+        if (res.allowed[r] >= 2) {
+          ++hs.norm_rows;
+          hs.mean_norm_entropy += Hn;
+          hs.min_norm_entropy = std::min(hs.min_norm_entropy, Hn);
+          hs.max_norm_entropy = std::max(hs.max_norm_entropy, Hn);
+        }
         hs.sink_mass += res.first_prob[r];
         if (res.first_prob[r] > cfg.sink_eps) sink_rows += 1;
         if (!res.topk_mass.empty()) topk += res.topk_mass[r];
@@ -137,28 +143,33 @@ inline stats_summary statistics(const result& res, const stats_config& cfg = {})
     if (hs.rows > 0) {
       const auto n = static_cast<double>(hs.rows);
       hs.mean_entropy /= n;
-      hs.mean_norm_entropy /= n;
       hs.sink_mass /= n;
       hs.sink_row_rate = sink_rows / n;
       hs.topk_mass = res.topk_mass.empty() ? detail::qnan : topk / n;
       hs.sink = hs.sink_mass > cfg.sink_eps;
-      hs.collapse = hs.mean_norm_entropy < cfg.collapse_below;
-      hs.overload = hs.mean_norm_entropy > cfg.overload_above;
-      sum_mean += hs.mean_norm_entropy;
-      sum_mean2 += hs.mean_norm_entropy * hs.mean_norm_entropy;
       sinks += hs.sink ? 1 : 0;
       ++counted_heads;
+      if (hs.norm_rows > 0) {
+        hs.mean_norm_entropy /= static_cast<double>(hs.norm_rows);
+        hs.collapse = hs.mean_norm_entropy < cfg.collapse_below;
+        hs.overload = hs.mean_norm_entropy > cfg.overload_above;
+        sum_mean += hs.mean_norm_entropy;
+        sum_mean2 += hs.mean_norm_entropy * hs.mean_norm_entropy;
+        ++norm_heads;
+      } else {
+        hs.mean_norm_entropy = hs.min_norm_entropy = hs.max_norm_entropy = detail::qnan;
+      }
     } else {
       hs.min_entropy = hs.max_entropy = hs.min_norm_entropy = hs.max_norm_entropy = 0;
       hs.topk_mass = detail::qnan;
     }
     out.heads.push_back(hs);
   }
-  if (counted_heads > 0) {
-    const auto n = static_cast<double>(counted_heads);
+  if (counted_heads > 0) out.sink_rate = sinks / static_cast<double>(counted_heads);
+  if (norm_heads > 0) {
+    const auto n = static_cast<double>(norm_heads);
     const double mean = sum_mean / n;
     out.norm_entropy_spread = std::sqrt(std::max(0.0, sum_mean2 / n - mean * mean));
-    out.sink_rate = sinks / n;
   }
   return out;
 }
