@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <concepts>
 
+#include "../core/checked.hpp"
 #include "../core/error.hpp"
 #include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
@@ -36,7 +37,7 @@ constexpr bool neighbor_1d(index_t p, index_t j, index_t L, index_t kernel, inde
   if (p < 0 || p >= L || j < 0 || j >= L || kernel <= 0 || dilation <= 0) return false;
   if ((p - j) % dilation != 0) return false;
   const index_t r = p % dilation;
-  const index_t Lg = (L - r + dilation - 1) / dilation;
+  const index_t Lg = attnkit::detail::ceil_div(L - r, dilation);  // no L − r + dilation − 1: dilation may be huge
   const index_t g = p / dilation, jg = j / dilation;
   if (Lg <= kernel) return true;
   const index_t start = std::clamp<index_t>(g - kernel / 2, 0, Lg - kernel);
@@ -51,8 +52,8 @@ struct sliding_window {
   index_t left = -1;
   index_t right = 0;
   constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
-    const index_t p = i + Lk - Lq;
-    return (left < 0 || j >= p - left) && (right < 0 || j <= p + right);
+    const index_t p = i + Lk - Lq;  // the sides may be up to INT64_MAX: bounds saturate
+    return (left < 0 || j >= attnkit::detail::sat_sub(p, left)) && (right < 0 || j <= attnkit::detail::sat_add(p, right));
   }
 };
 
@@ -65,7 +66,7 @@ struct dilated_window {
   index_t dilation = 1;
   constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
     const index_t p = i + Lk - Lq, dist = p > j ? p - j : j - p;
-    return dilation > 0 && dist % dilation == 0 && dist <= window * dilation;
+    return dilation > 0 && dist % dilation == 0 && dist <= attnkit::detail::sat_mul(window, dilation);
   }
 };
 
@@ -121,7 +122,9 @@ struct neighborhood_2d {
   index_t dilation = 1;
   constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
     const index_t p = i + Lk - Lq;
-    if (width <= 0 || p < 0 || p >= height * width || j < 0 || j >= height * width) return false;
+    index_t cells = 0;
+    if (width <= 0 || height <= 0 || !attnkit::detail::checked_mul(height, width, cells)) return false;
+    if (p < 0 || p >= cells || j < 0 || j >= cells) return false;
     return detail::neighbor_1d(p / width, j / width, height, kernel_h, dilation) &&
            detail::neighbor_1d(p % width, j % width, width, kernel_w, dilation);
   }

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../core/checked.hpp"
 #include "../core/tensor_view.hpp"
 #include "family.hpp"
 #include "random.hpp"
@@ -102,19 +103,21 @@ inline coverage_report permutation_coverage(index_t n, index_t window, index_t l
     const auto perm = make_permutation(n, seed, first_layer + static_cast<std::uint64_t>(l), head);
     const auto rank = inverse_permutation(perm);
     std::fill(next.begin(), next.end(), 0);
-    const index_t half = window / 2;
+    // Every kind sees all ranks once window >= 2n: a larger one (INT64_MAX) is
+    // clamped so that the candidate loop below stays O(n) per token.
+    const index_t w = std::min(window, detail::sat_add(detail::sat_mul(2, n), 2)), half = w / 2;
     for (index_t i = 0; i < n; ++i) {
       const index_t ri = rank[static_cast<std::size_t>(i)];
       std::uint64_t* dst = next.data() + i * words;
       // Candidate ranks: a superset of the window, filtered by rank_window_allows.
-      const index_t lo = kind == window_kind::one_sided ? ri - window : ri - half;
+      const index_t lo = kind == window_kind::one_sided ? ri - w : ri - half;
       const index_t hi = kind == window_kind::one_sided ? ri : ri + half;
       for (index_t rr = lo; rr <= hi; ++rr) {
         index_t rj = rr;
         if (kind == window_kind::circular) rj = ((rr % n) + n) % n;
         if (rj < 0 || rj >= n) continue;
         if (kind == window_kind::circular && hi - lo + 1 > n && rr != rj) continue;  // visit each rank once
-        if (!rank_window_allows(kind, window, ri, rj, n)) continue;
+        if (!rank_window_allows(kind, w, ri, rj, n)) continue;
         const index_t j = perm[static_cast<std::size_t>(rj)];
         if (causal && j > i) continue;
         const std::uint64_t* src = reach.data() + j * words;
