@@ -87,10 +87,7 @@ template <class Arch, class Obs, class KV>
 void run_rank_window(const stochastic_permutation& pol, const std::vector<std::vector<index_t>>& perm,
                      const problem_shape& sh, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                      const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Obs& obs) {
-  if (sh.q_len != sh.k_len)
-    fail("k", "extent 'seq'", std::to_string(sh.q_len) + " (stochastic permutation is self-attention: Lk = Lq)",
-         sh.k_len);
-  if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
+  check_permutation_arguments(pol, sh);  // also done by attention(), before the draw
   const index_t n = sh.q_len;
   // Original-index options move into the adapter; the skeleton sees rank space
   // (LSE and outputs are still written at original indices, by the adapter's token()).

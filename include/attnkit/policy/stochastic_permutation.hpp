@@ -17,10 +17,12 @@
 /// i keeps each window key with probability ≈ i/n).
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../core/checked.hpp"
 #include "../core/tensor_view.hpp"
+#include "../core/validate.hpp"
 #include "family.hpp"
 #include "random.hpp"
 
@@ -42,6 +44,20 @@ struct stochastic_permutation {
   /// The head key of kv head g.
   std::uint64_t head_key(index_t g) const noexcept { return share_across_heads ? 0 : static_cast<std::uint64_t>(g); }
 };
+
+namespace detail {
+/// The policy's own checks against the call's shape; the kernel and the oracle
+/// both call it (before anything is drawn or written), so they accept the same calls.
+/// Any window >= 0 is valid, INT64_MAX included ("unbounded").
+inline void check_permutation_arguments(const stochastic_permutation& pol, const problem_shape& sh) {
+  if (sh.q_len != sh.k_len)
+    fail("k", "extent 'seq'", std::to_string(sh.q_len) + " (= q.seq: stochastic permutation is self-attention)",
+         sh.k_len);
+  if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
+  if (pol.kind != window_kind::symmetric && pol.kind != window_kind::one_sided && pol.kind != window_kind::circular)
+    fail("policy.kind", "", "window_kind::symmetric, one_sided or circular", static_cast<int>(pol.kind));
+}
+}  // namespace detail
 
 /// True iff ranks ri (query) and rj (key) are within `window` under `kind` (n tokens).
 constexpr bool rank_window_allows(window_kind kind, index_t window, index_t ri, index_t rj, index_t n) noexcept {

@@ -214,12 +214,6 @@ inline void rank_window(const std::vector<index_t>& perm, window_kind kind, inde
         L[static_cast<std::size_t>(i * Lk + j)] = ninf;
 }
 
-inline void check_self_attention(const problem_shape& sh) {
-  if (sh.q_len != sh.k_len)
-    fail("q", "extent 'seq'", std::to_string(sh.k_len) + " (= k.seq: stochastic permutation is self-attention)",
-         sh.q_len);
-}
-
 inline void check_permutations(const std::vector<std::vector<index_t>>& perms, const problem_shape& sh) {
   if (perms.size() != 1 && static_cast<index_t>(perms.size()) != sh.kv_heads)
     fail("permutations", "size", "1 or k.heads = " + std::to_string(sh.kv_heads), perms.size());
@@ -289,9 +283,8 @@ result attention(const stochastic_permutation& pol, const std::vector<std::vecto
                  const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                  const tensor_view<TO>& out, const options& opt = {}, const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
-  detail::check_self_attention(sh);
+  attnkit::detail::check_permutation_arguments(pol, sh);
   detail::check_permutations(perms, sh);
-  if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
   return detail::run_quadratic(nullptr, q, k, v, out, opt, sh, ex, [&](index_t, index_t h, std::vector<double>& L) {
     const auto& p = perms.size() == 1 ? perms[0] : perms[static_cast<std::size_t>(h / sh.group())];
     detail::rank_window(p, pol.kind, pol.window, sh.k_len, L);
