@@ -6,6 +6,8 @@
 #include <limits>
 #include <string>
 
+#include <attnkit/reference/reference.hpp>
+
 #include "support.hpp"
 
 using namespace attnkit;
@@ -183,4 +185,75 @@ TEST_CASE("validation: empty sequences are valid", "[validation]") {
     attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o);
     for (float x : out) CHECK(std::isnan(x));
   }
+}
+
+namespace {
+/// Both the kernel and the oracle refuse `pol` naming `arg`, and neither output
+/// (nor the LSE) is touched.
+template <class P>
+void expect_policy_rejected(const P& pol, const problem& p, const std::string& arg, const std::string& fragment,
+                            options o = {}) {
+  INFO("argument " << arg);
+  std::vector<float> out(p.out_size()), lse(static_cast<std::size_t>(p.B * p.Hq * p.Lq), sentinel);
+  o.lse = lse.data();
+  expect_rejected(arg, fragment, out, [&] { attention(pol, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  for (float x : lse) REQUIRE(x == sentinel);
+  std::vector<double> ref(p.out_size(), sentinel);
+  bool thrown = false;
+  try {
+    reference::attention(pol, p.qv(), p.kv(), p.vv(), attnkit::bhsd(ref.data(), p.B, p.Hq, p.Lq, p.Dv), o);
+  } catch (const invalid_argument_error& e) {
+    thrown = true;
+    CHECK(e.argument() == arg);
+  }
+  CHECK(thrown);
+  for (double x : ref) REQUIRE(x == sentinel);
+  for (float x : lse) REQUIRE(x == sentinel);
+}
+}  // namespace
+
+TEST_CASE("validation: pattern fields out of range are rejected", "[validation][sparse]") {
+  using namespace pattern;
+  constexpr index_t big = std::numeric_limits<index_t>::max(), most_negative = std::numeric_limits<index_t>::min();
+  const problem p(1, 2, 1, 36, 36, 8, 8, 9);
+  // 2-D grids: negative sides whose product is Lk, a product that wraps to Lk.
+  expect_policy_rejected(sparse{neighborhood_2d{-6, -6}}, p, "pattern.height", ">= 0");
+  expect_policy_rejected(sparse{neighborhood_2d{6, -6}}, p, "pattern.width", ">= 0");
+  expect_policy_rejected(sparse{neighborhood_2d{7, 7905747460161236412}}, p, "pattern", "past 64 bits");
+  expect_policy_rejected(sparse{neighborhood_2d{5, 7}}, p, "pattern", "36 (= k.seq)");
+  expect_policy_rejected(sparse{neighborhood_2d{6, 6, 3, 3, 0}}, p, "pattern.dilation", "> 0");
+  expect_policy_rejected(sparse{neighborhood_2d{6, 6, 0, 3, 1}}, p, "pattern.kernel_h", "> 0");
+  expect_policy_rejected(sparse{neighborhood_2d{6, 6, 3, most_negative, 1}}, p, "pattern.kernel_w", "> 0");
+  expect_policy_rejected(sparse{neighborhood_1d{0, 1}}, p, "pattern.kernel", "> 0");
+  expect_policy_rejected(sparse{neighborhood_1d{3, most_negative}}, p, "pattern.dilation", "> 0");
+  // Windows: -1 is the only negative a side may take.
+  expect_policy_rejected(sparse{sliding_window{-2, 0}}, p, "pattern.left", ">= -1");
+  expect_policy_rejected(sparse{sliding_window{0, most_negative}}, p, "pattern.right", ">= -1");
+  expect_policy_rejected(sparse{dilated_window{-1, 1}}, p, "pattern.window", ">= 0");
+  expect_policy_rejected(sparse{dilated_window{1, 0}}, p, "pattern.dilation", "> 0");
+  expect_policy_rejected(sparse{sink_window{-1, 4}}, p, "pattern.sinks", ">= 0");
+  expect_policy_rejected(sparse{sink_window{4, most_negative}}, p, "pattern.window", ">= 0");
+  // Blocks.
+  const bool layout[4] = {true, true, true, true};
+  expect_policy_rejected(sparse{block_sparse{nullptr, 32, 32, 2, 2}}, p, "pattern.layout", "non-null");
+  expect_policy_rejected(sparse{block_sparse{layout, 0, 32, 2, 2}}, p, "pattern.block_q", "> 0");
+  expect_policy_rejected(sparse{block_sparse{layout, 32, -32, 2, 2}}, p, "pattern.block_k", "> 0");
+  expect_policy_rejected(sparse{block_sparse{layout, 32, 32, -2, 2}}, p, "pattern.num_q_blocks", ">= 0");
+  expect_policy_rejected(sparse{block_sparse{layout, 32, 32, 1, 2}}, p, "pattern.num_q_blocks", "ceil");
+  expect_policy_rejected(sparse{block_sparse{layout, 32, 32, big, big}}, p, "pattern.num_k_blocks", "64 bits");
+  expect_policy_rejected(sparse{power_attention{0, 1, 1}}, p, "pattern.block", "> 0");
+  expect_policy_rejected(sparse{power_attention{4, -1, 1}}, p, "pattern.sinks", ">= 0");
+  expect_policy_rejected(sparse{power_attention{4, 1, most_negative}}, p, "pattern.local", ">= 0");
+  expect_policy_rejected(sparse{top_k{-1}}, p, "pattern.k", ">= 0");
+  // FlexPrefill: gamma is a probability.
+  for (double g : {std::nan(""), -0.1, 1.5, std::numeric_limits<double>::infinity()})
+    expect_policy_rejected(sparse{flex_prefill{.gamma = g}}, p, "pattern.gamma", "[0, 1]");
+  expect_policy_rejected(sparse{flex_prefill{.block = 0}}, p, "pattern.block", "> 0");
+  expect_policy_rejected(sparse{flex_prefill{.min_budget = -1}}, p, "pattern.min_budget", ">= 0");
+  // Stochastic permutation.
+  expect_policy_rejected(stochastic_permutation{.window = -1}, p, "policy.window", ">= 0");
+  expect_policy_rejected(stochastic_permutation{.window = most_negative}, p, "policy.window", ">= 0");
+  expect_policy_rejected(stochastic_permutation{.kind = static_cast<window_kind>(7)}, p, "policy.kind", "one_sided");
+  const problem cross(1, 2, 1, 35, 36, 8, 8, 10);
+  expect_policy_rejected(stochastic_permutation{}, cross, "k", "self-attention");
 }

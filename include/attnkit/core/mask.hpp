@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "checked.hpp"
 #include "options.hpp"
 #include "tensor_view.hpp"
 
@@ -32,13 +33,16 @@ inline batch_keys keys_of_batch(const options& opt, index_t b, index_t q_len, in
   return {lk, lk - q_len};
 }
 
-/// Keys allowed to query row i by causal alignment, window and key length.
+/// Keys allowed to query row i by causal alignment, window and key length. The
+/// window sides may be anything up to INT64_MAX (a natural "unbounded"), so the
+/// bounds saturate instead of wrapping (core/checked.hpp).
 inline key_range analytic_range(const options& opt, batch_keys bk, index_t i) noexcept {
-  index_t lo = 0, hi = bk.lk;  // key length
+  const index_t p = i + bk.delta;  // the query's position; |p| <= max(Lq, Lk)
+  index_t lo = 0, hi = bk.lk;      // key length
   if (opt.causal == causal::top_left) hi = std::min(hi, i + 1);
-  if (opt.causal == causal::bottom_right) hi = std::min(hi, i + bk.delta + 1);
-  if (opt.window.left >= 0) lo = std::max(lo, i + bk.delta - opt.window.left);
-  if (opt.window.right >= 0) hi = std::min(hi, i + bk.delta + opt.window.right + 1);
+  if (opt.causal == causal::bottom_right) hi = std::min(hi, p + 1);
+  if (opt.window.left >= 0) lo = std::max(lo, detail::sat_sub(p, opt.window.left));
+  if (opt.window.right >= 0) hi = std::min(hi, detail::sat_add(detail::sat_add(p, opt.window.right), 1));
   if (hi < lo) hi = lo;
   return {lo, hi};
 }

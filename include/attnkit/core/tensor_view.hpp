@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "checked.hpp"
+
 namespace attnkit {
 
 using index_t = std::int64_t;
@@ -57,17 +59,20 @@ struct tensor_view {
       : data(p), extent(e), stride(s) {}
 };
 
-/// View of a contiguous [batch, heads, seq, dim] buffer.
+/// View of a contiguous [batch, heads, seq, dim] buffer. (Strides saturate instead
+/// of overflowing for absurd extents; validation then rejects the view.)
 template <class T>
 constexpr tensor_view<T> bhsd(T* data, index_t batch, index_t heads, index_t seq, index_t dim) noexcept {
-  return {data, {batch, heads, seq, dim}, {heads * seq * dim, seq * dim, dim, 1}};
+  using detail::sat_mul;
+  return {data, {batch, heads, seq, dim}, {sat_mul(heads, sat_mul(seq, dim)), sat_mul(seq, dim), dim, 1}};
 }
 
 /// View of a contiguous [batch, seq, heads, dim] buffer (PyTorch / FlashAttention
 /// layout). Note the argument order follows the memory order.
 template <class T>
 constexpr tensor_view<T> bshd(T* data, index_t batch, index_t seq, index_t heads, index_t dim) noexcept {
-  return {data, {batch, heads, seq, dim}, {seq * heads * dim, dim, heads * dim, 1}};
+  using detail::sat_mul;
+  return {data, {batch, heads, seq, dim}, {sat_mul(seq, sat_mul(heads, dim)), dim, sat_mul(heads, dim), 1}};
 }
 
 /// View with explicit extents and strides, both in logical [batch, heads, seq, dim] order.

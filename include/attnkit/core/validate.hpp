@@ -3,9 +3,12 @@
 /// Up-front validation of an attention call (CUTLASS's can_implement idea): every
 /// check runs before any output byte is written; kernels themselves never throw.
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 
+#include "checked.hpp"
 #include "error.hpp"
 #include "options.hpp"
 #include "tensor_view.hpp"
@@ -18,35 +21,88 @@ inline const char* axis_name(int a) {
   return names[a];
 }
 
-/// Number of addressable elements a view spans (0 for an empty view).
+/// Most elements (product of the extents) one view may have: 2^52, far beyond any
+/// real tensor, so that the kernels' size arithmetic (element counts times tile
+/// padding and element sizes) cannot overflow 64 bits.
+inline constexpr index_t max_view_elements = index_t{1} << 52;
+
+/// Elements a view spans, from its first to one past its last (0 for an empty
+/// view), into `n`; false when that does not fit in index_t (huge strides or
+/// extents). Extents and strides must be non-negative.
+template <class T>
+bool checked_span_elements(const tensor_view<T>& t, index_t& n) {
+  n = 0;
+  if (t.empty()) return true;
+  index_t last = 0;
+  for (int a = 0; a < 4; ++a) {
+    index_t step = 0;
+    if (!checked_mul(t.extent[a] - 1, t.stride[a], step) || !checked_add(last, step, last)) return false;
+  }
+  return checked_add(last, 1, n);
+}
+
+/// Elements a view spans; saturates at INT64_MAX (a span that does not fit then
+/// overlaps everything, the safe answer for the overlap checks).
 template <class T>
 index_t span_elements(const tensor_view<T>& t) {
-  if (t.empty()) return 0;
-  index_t last = 0;
-  for (int a = 0; a < 4; ++a) last += (t.extent[a] - 1) * t.stride[a];
-  return last + 1;
+  index_t n = 0;
+  return checked_span_elements(t, n) ? n : index_max;
+}
+
+/// [lo, hi) addresses of some memory, as integers (no pointer arithmetic past an
+/// object); saturates at the top of the address space.
+struct byte_span {
+  std::uintptr_t lo = 0, hi = 0;
+};
+
+inline byte_span bytes_at(const void* p, index_t count, std::size_t elem_size) {
+  const auto lo = reinterpret_cast<std::uintptr_t>(p);
+  index_t bytes = 0;
+  if (count <= 0 || p == nullptr) return {lo, lo};
+  if (!checked_mul(count, static_cast<index_t>(elem_size), bytes)) return {lo, UINTPTR_MAX};
+  std::uintptr_t hi = 0;
+  if (__builtin_add_overflow(lo, static_cast<std::uintptr_t>(bytes), &hi)) hi = UINTPTR_MAX;
+  return {lo, hi};
 }
 
 /// [begin, end) byte range a view touches.
 template <class T>
-std::pair<const char*, const char*> byte_range(const tensor_view<T>& t) {
-  auto* p = reinterpret_cast<const char*>(t.data);
-  return {p, p + span_elements(t) * static_cast<index_t>(sizeof(T))};
+byte_span byte_range(const tensor_view<T>& t) {
+  return bytes_at(t.data, span_elements(t), sizeof(T));
 }
 
-inline bool overlaps(std::pair<const char*, const char*> a, std::pair<const char*, const char*> b) {
-  if (a.first == a.second || b.first == b.second) return false;
-  return a.first < b.second && b.first < a.second;
-}
-
-/// Extents non-negative, strides non-negative, data present when non-empty.
+/// [begin, end) byte range of a span.
 template <class T>
-void check_view_basics(const std::string& name, const tensor_view<T>& t) {
+byte_span byte_range(std::span<T> s) {
+  return bytes_at(s.data(), static_cast<index_t>(s.size()), sizeof(T));
+}
+
+inline bool overlaps(byte_span a, byte_span b) {
+  if (a.lo == a.hi || b.lo == b.hi) return false;
+  return a.lo < b.hi && b.lo < a.hi;
+}
+
+/// Extents non-negative, strides non-negative, data present when non-empty, and
+/// sizes that fit: at most max_view_elements elements, a byte span that neither
+/// overflows 64 bits nor wraps around the address space. `last_axis` names axis 3
+/// in messages ("dim", or "keys" for masks and biases).
+template <class T>
+void check_view_basics(const std::string& name, const tensor_view<T>& t, const char* last_axis = "dim") {
+  auto axis = [&](int a) { return std::string(a == dim_axis ? last_axis : axis_name(a)); };
   for (int a = 0; a < 4; ++a)
-    if (t.extent[a] < 0) fail(name, std::string("extent '") + axis_name(a) + "'", ">= 0", t.extent[a]);
+    if (t.extent[a] < 0) fail(name, "extent '" + axis(a) + "'", ">= 0", t.extent[a]);
   for (int a = 0; a < 4; ++a)
-    if (t.stride[a] < 0) fail(name, std::string("stride '") + axis_name(a) + "'", ">= 0", t.stride[a]);
+    if (t.stride[a] < 0) fail(name, "stride '" + axis(a) + "'", ">= 0", t.stride[a]);
   if (!t.empty() && t.data == nullptr) fail(name, "data", "a non-null pointer for a non-empty view", "nullptr");
+  index_t count = 1;
+  for (int a = 0; a < 4; ++a)
+    if (!checked_mul(count, t.extent[a], count) || count > max_view_elements)
+      fail(name, "extents", "at most 2^52 elements in all", "a larger product of extents");
+  index_t span = 0, bytes = 0;
+  std::uintptr_t end = 0;
+  if (!checked_span_elements(t, span) || !checked_mul(span, static_cast<index_t>(sizeof(T)), bytes) ||
+      __builtin_add_overflow(reinterpret_cast<std::uintptr_t>(t.data), static_cast<std::uintptr_t>(bytes), &end))
+    fail(name, "strides", "a memory span that fits in the address space", "extents × strides past 2^63 bytes");
 }
 
 template <class T>
@@ -155,8 +211,7 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   if (opt.bias.data && detail::overlaps(o, detail::byte_range(opt.bias)))
     fail("out", "memory", "no overlap with options.bias", "overlap");
   if (opt.lse) {
-    auto* l = reinterpret_cast<const char*>(opt.lse);
-    std::pair<const char*, const char*> lr{l, l + s.batch * s.q_heads * s.q_len * static_cast<index_t>(sizeof(float))};
+    const detail::byte_span lr = detail::bytes_at(opt.lse, s.batch * s.q_heads * s.q_len, sizeof(float));
     if (detail::overlaps(o, lr)) fail("options.lse", "memory", "no overlap with out", "overlap");
     if (detail::overlaps(lr, detail::byte_range(q)) || detail::overlaps(lr, detail::byte_range(k)) ||
         detail::overlaps(lr, detail::byte_range(v)))

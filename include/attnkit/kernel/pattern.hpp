@@ -26,13 +26,20 @@ inline std::uint64_t range_bits(index_t lo, index_t hi, index_t j0, int n) {
   const index_t len = hi - lo;
   return (len >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << len) - 1) << (lo - j0);
 }
-/// Bits of keys j ≡ r (mod step) in [lo, hi) among j0 … j0 + n − 1.
+/// Bits of keys j ≡ r (mod step) in [lo, hi) among j0 … j0 + n − 1 (|r − lo| small:
+/// r is a position, lo clipped to the tile; step may be anything up to INT64_MAX).
 inline std::uint64_t stride_bits(index_t lo, index_t hi, index_t r, index_t step, index_t j0, int n) {
   if (step == 1) return range_bits(lo, hi, j0, n);
   lo = std::max(lo, j0);
   hi = std::min(hi, j0 + n);
+  if (hi <= lo) return 0;
+  index_t off = (r - lo) % step;  // no (x % step + step): that overflows for a huge step
+  if (off < 0) off += step;
   std::uint64_t bits = 0;
-  for (index_t j = lo + ((r - lo) % step + step) % step; j < hi; j += step) bits |= std::uint64_t{1} << (j - j0);
+  for (index_t j = lo + std::min(off, hi - lo); j < hi; j += step) {
+    bits |= std::uint64_t{1} << (j - j0);
+    if (hi - j <= step) break;
+  }
   return bits;
 }
 
@@ -54,15 +61,16 @@ struct static_pattern_keys {
     const index_t L = lk(b), p = pos(b, i);
     auto clip = [&](index_t lo, index_t hi) { return key_range{std::clamp<index_t>(lo, 0, L), std::clamp<index_t>(hi, 0, L)}; };
     if constexpr (std::is_same_v<P, pattern::sliding_window>) {
-      return clip(pat.left < 0 ? 0 : p - pat.left, pat.right < 0 ? L : p + pat.right + 1);
+      return clip(pat.left < 0 ? 0 : sat_sub(p, pat.left), pat.right < 0 ? L : sat_add(sat_add(p, pat.right), 1));
     } else if constexpr (std::is_same_v<P, pattern::dilated_window>) {
-      return clip(p - pat.window * pat.dilation, p + pat.window * pat.dilation + 1);
+      const index_t reach = sat_mul(pat.window, pat.dilation);
+      return clip(sat_sub(p, reach), sat_add(sat_add(p, reach), 1));
     } else if constexpr (std::is_same_v<P, pattern::sink_window> || std::is_same_v<P, pattern::power_attention>) {
       return clip(0, p + 1);
     } else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>) {
       return neighbor_hull(p, L, pat.kernel, pat.dilation);
     } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
-      if (pat.width <= 0 || p < 0 || p >= pat.height * pat.width) return {0, 0};
+      if (pat.width <= 0 || p < 0 || p >= sat_mul(pat.height, pat.width)) return {0, 0};
       const key_range rows = neighbor_hull(p / pat.width, pat.height, pat.kernel_h, pat.dilation);
       return clip(rows.lo * pat.width, rows.hi * pat.width);
     } else {
@@ -85,8 +93,8 @@ struct static_pattern_keys {
       return pat.dilation == 1 ? tile_class::full : tile_class::partial;
     } else if constexpr (std::is_same_v<P, pattern::sink_window>) {
       const index_t p0 = pos(b, i0), p1 = pos(b, i1 - 1);
-      if (j1 <= pat.sinks || j0 >= p1 - pat.window + 1) return tile_class::full;  // causal edge: hull
-      if (j0 >= pat.sinks && j1 <= p0 - pat.window + 1) return tile_class::empty;
+      if (j1 <= pat.sinks || j0 >= sat_add(sat_sub(p1, pat.window), 1)) return tile_class::full;  // causal edge: hull
+      if (j0 >= pat.sinks && j1 <= sat_add(sat_sub(p0, pat.window), 1)) return tile_class::empty;
       return tile_class::partial;
     } else if constexpr (std::is_same_v<P, pattern::block_sparse>) {
       bool any = false, all = true;
@@ -122,7 +130,7 @@ struct static_pattern_keys {
   {
     const index_t p0 = pos(b, i0), p1 = pos(b, i1 - 1);
     const key_range sinks{std::max<index_t>(j0, 0), std::min({j1, pat.sinks, p1 + 1})};
-    const key_range recent{std::max(j0, p0 - pat.window + 1), std::min(j1, p1 + 1)};
+    const key_range recent{std::max(j0, sat_add(sat_sub(p0, pat.window), 1)), std::min(j1, p1 + 1)};
     if (sinks.size() <= 0) return recent.size() > 0 ? recent : key_range{j0, j0};
     if (recent.size() <= 0) return sinks;
     return {std::min(sinks.lo, recent.lo), std::max(sinks.hi, recent.hi)};
@@ -137,25 +145,28 @@ struct static_pattern_keys {
     const index_t L = lk(b), p = pos(b, i);
     constexpr index_t none_below = std::numeric_limits<index_t>::min() / 2, none_above = std::numeric_limits<index_t>::max() / 2;
     if constexpr (std::is_same_v<P, pattern::sliding_window>) {
-      return range_bits(pat.left < 0 ? none_below : p - pat.left, pat.right < 0 ? none_above : p + pat.right + 1, j0, n);
+      return range_bits(pat.left < 0 ? none_below : sat_sub(p, pat.left),
+                        pat.right < 0 ? none_above : sat_add(sat_add(p, pat.right), 1), j0, n);
     } else if constexpr (std::is_same_v<P, pattern::dilated_window>) {
-      const index_t reach = pat.window * pat.dilation;
-      return stride_bits(p - reach, p + reach + 1, p, pat.dilation, j0, n);
+      const index_t reach = sat_mul(pat.window, pat.dilation);
+      return stride_bits(sat_sub(p, reach), sat_add(sat_add(p, reach), 1), p, pat.dilation, j0, n);
     } else if constexpr (std::is_same_v<P, pattern::sink_window>) {
-      return range_bits(none_below, std::min(pat.sinks, p + 1), j0, n) | range_bits(p - pat.window + 1, p + 1, j0, n);
+      return range_bits(none_below, std::min(pat.sinks, p + 1), j0, n) |
+             range_bits(sat_add(sat_sub(p, pat.window), 1), p + 1, j0, n);
     } else if constexpr (std::is_same_v<P, pattern::block_sparse>) {
       const index_t qb = q_block(i);
       std::uint64_t bits = 0;
       if (qb >= pat.num_q_blocks) return 0;
       for (index_t kb = k_block(j0); kb <= k_block(j0 + n - 1) && kb < pat.num_k_blocks; ++kb)
-        if (pat.layout[qb * pat.num_k_blocks + kb]) bits |= range_bits(kb * pat.block_k, (kb + 1) * pat.block_k, j0, n);
+        if (pat.layout[qb * pat.num_k_blocks + kb])
+          bits |= range_bits(kb * pat.block_k, sat_mul(kb + 1, pat.block_k), j0, n);
       return bits;
     } else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>) {
       const stride_span s = neighbor_span(p, L, pat.kernel, pat.dilation);
       return stride_bits(s.lo, s.hi, s.lo, pat.dilation, j0, n);
     } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
       const index_t Wd = pat.width;
-      if (Wd <= 0 || p < 0 || p >= pat.height * Wd) return 0;
+      if (Wd <= 0 || p < 0 || p >= sat_mul(pat.height, Wd)) return 0;
       const stride_span ys = neighbor_span(p / Wd, pat.height, pat.kernel_h, pat.dilation);
       const stride_span xs = neighbor_span(p % Wd, Wd, pat.kernel_w, pat.dilation);
       std::uint64_t bits = 0;
@@ -169,7 +180,8 @@ struct static_pattern_keys {
       std::uint64_t bits = 0;
       for (index_t kb = j0 / blk; kb <= (j0 + n - 1) / blk && kb <= qb; ++kb) {
         const index_t d = qb - kb;
-        if (d <= pat.local || kb < pat.sinks || (d & (d - 1)) == 0) bits |= range_bits(kb * blk, std::min((kb + 1) * blk, p + 1), j0, n);
+        if (d <= pat.local || kb < pat.sinks || (d & (d - 1)) == 0)
+          bits |= range_bits(kb * blk, std::min(sat_mul(kb + 1, blk), p + 1), j0, n);
       }
       return bits;
     } else {
@@ -208,7 +220,7 @@ struct static_pattern_keys {
   /// `dil` from lo (pattern::detail::neighbor_1d's keys; empty when p is off the line).
   static stride_span neighbor_span(index_t p, index_t L, index_t kernel, index_t dil) {
     if (p < 0 || p >= L || kernel <= 0 || dil <= 0) return {};
-    const index_t r = p % dil, Lg = (L - r + dil - 1) / dil;
+    const index_t r = p % dil, Lg = ceil_div(L - r, dil);
     if (Lg <= kernel) return {r, L};
     const index_t start = std::clamp<index_t>(p / dil - kernel / 2, 0, Lg - kernel);
     return {r + start * dil, r + (start + kernel - 1) * dil + 1};
@@ -217,7 +229,7 @@ struct static_pattern_keys {
   /// query's residue class lie inside this interval).
   static key_range neighbor_hull(index_t p, index_t L, index_t kernel, index_t dil) {
     if (p < 0 || p >= L || kernel <= 0 || dil <= 0) return {0, 0};
-    const index_t r = p % dil, Lg = (L - r + dil - 1) / dil, g = p / dil;
+    const index_t r = p % dil, Lg = ceil_div(L - r, dil), g = p / dil;
     if (Lg <= kernel) return {r, r + (Lg - 1) * dil + 1};
     const index_t start = std::clamp<index_t>(g - kernel / 2, 0, Lg - kernel);
     return {r + start * dil, r + (start + kernel - 1) * dil + 1};
@@ -235,7 +247,7 @@ struct block_selection_keys {
   bool on(index_t b, index_t h, index_t qb, index_t kb) const {
     return keep[static_cast<std::size_t>(((b * heads + h) * q_blocks + qb) * k_blocks + kb)] != 0;
   }
-  key_range hull(index_t, index_t, index_t) const { return {0, k_blocks * block}; }
+  key_range hull(index_t, index_t, index_t) const { return {0, sat_mul(k_blocks, block)}; }
   tile_class classify(const block_scratch&, index_t b, index_t h, index_t i0, index_t i1, index_t j0, index_t j1) const {
     bool any = false, all = true;
     for (index_t qb = i0 / block; qb <= (i1 - 1) / block; ++qb)
@@ -251,7 +263,7 @@ struct block_selection_keys {
   std::uint64_t allowed_bits(index_t b, index_t h, index_t i, index_t j0, int n) const {
     std::uint64_t bits = 0;
     for (index_t kb = j0 / block; kb <= (j0 + n - 1) / block && kb < k_blocks; ++kb)
-      if (on(b, h, i / block, kb)) bits |= range_bits(kb * block, (kb + 1) * block, j0, n);
+      if (on(b, h, i / block, kb)) bits |= range_bits(kb * block, sat_mul(kb + 1, block), j0, n);
     return bits;
   }
 };
@@ -263,8 +275,8 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
   block_selection_keys sel;
   const index_t B = p.block, D = sh.head_dim;
   sel.block = B;
-  sel.q_blocks = (sh.q_len + B - 1) / B;
-  sel.k_blocks = (sh.k_len + B - 1) / B;
+  sel.q_blocks = ceil_div(sh.q_len, B);  // B may be anything up to INT64_MAX
+  sel.k_blocks = ceil_div(sh.k_len, B);
   sel.heads = sh.q_heads;
   sel.keep.assign(static_cast<std::size_t>(sh.batch * sh.q_heads * sel.q_blocks * sel.k_blocks), 0);
   const double tau = resolved_scale(opt, sh.head_dim);
@@ -273,7 +285,7 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
     const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
     std::vector<double> kbar(static_cast<std::size_t>(sel.k_blocks * D), 0.0), qbar(static_cast<std::size_t>(D));
     for (index_t kb = 0; kb < sel.k_blocks; ++kb) {
-      const index_t j0 = kb * B, jv = std::min(std::min(sh.k_len, j0 + B), bk.lk);
+      const index_t j0 = kb * B, jv = std::min(std::min(sh.k_len, sat_add(j0, B)), bk.lk);
       for (index_t j = j0; j < jv; ++j) {
         const KV* r = k.row(b, g, j);
         for (index_t d = 0; d < D; ++d) kbar[static_cast<std::size_t>(kb * D + d)] += to_float(r[d]);
@@ -284,7 +296,7 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
     std::vector<double> est;
     std::vector<std::size_t> order;
     for (index_t qb = 0; qb < sel.q_blocks; ++qb) {
-      const index_t i0 = qb * B, i1 = std::min(sh.q_len, i0 + B);
+      const index_t i0 = qb * B, i1 = std::min(sh.q_len, sat_add(i0, B));
       std::fill(qbar.begin(), qbar.end(), 0.0);
       for (index_t i = i0; i < i1; ++i) {
         const float* r = q.row(b, h, i);
@@ -301,11 +313,11 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
       }
       cand.clear();
       est.clear();
-      for (index_t kb = lo / B; kb * B < hi; ++kb) {
+      for (index_t kb = lo / B; kb < sel.k_blocks && kb * B < hi; ++kb) {
         bool any = false;  // exact test: some row's interval meets the block
         for (index_t i = i0; i < i1 && !any; ++i) {
           const key_range kr = analytic_range(opt, bk, i);
-          any = kr.lo < std::min(kb * B + B, sh.k_len) && kr.hi > kb * B && kr.size() > 0;
+          any = kr.lo < std::min(sat_add(kb * B, B), sh.k_len) && kr.hi > kb * B && kr.size() > 0;
         }
         if (!any) continue;
         double s = 0;
@@ -338,11 +350,11 @@ block_selection_keys select_blocks(const pattern::flex_prefill& p, const problem
 template <class P>
 index_t pattern_band(const P& p) {
   if constexpr (std::is_same_v<P, pattern::sliding_window>)
-    return p.left >= 0 && p.right >= 0 ? p.left + p.right + 1 : 0;
+    return p.left >= 0 && p.right >= 0 ? sat_add(sat_add(p.left, p.right), 1) : 0;
   else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>)
-    return p.kernel * p.dilation;
+    return sat_mul(p.kernel, p.dilation);
   else if constexpr (std::is_same_v<P, pattern::dilated_window>)
-    return 2 * p.window * p.dilation + 1;
+    return sat_add(sat_mul(2, sat_mul(p.window, p.dilation)), 1);
   else
     return 0;
 }
@@ -366,9 +378,9 @@ struct residue_keys {
   index_t kv_token(index_t, index_t r) const { return order[static_cast<std::size_t>(r)]; }
   key_range hull(index_t, index_t, index_t r) const {
     const index_t t = order[static_cast<std::size_t>(r)], m = t / dil, first = r - m;  // first: rank of group start
-    const index_t size = (n - t % dil + dil - 1) / dil;
+    const index_t size = ceil_div(n - t % dil, dil);
     if constexpr (std::is_same_v<P, pattern::dilated_window>) {
-      return {first + std::max<index_t>(0, m - pat.window), first + std::min(size, m + pat.window + 1)};
+      return {first + std::max<index_t>(0, sat_sub(m, pat.window)), first + std::min(size, sat_add(m, sat_add(pat.window, 1)))};
     } else {
       if (size <= pat.kernel) return {first, first + size};
       const index_t start = std::clamp<index_t>(m - pat.kernel / 2, 0, size - pat.kernel);
@@ -393,8 +405,11 @@ inline std::shared_ptr<const std::vector<index_t>> residue_order(index_t n, inde
   if (cached && last_n == n && last_d == d) return cached;
   auto order = std::make_shared<std::vector<index_t>>();
   order->reserve(static_cast<std::size_t>(n));
-  for (index_t r = 0; r < d; ++r)
-    for (index_t t = r; t < n; t += d) order->push_back(t);
+  for (index_t r = 0; r < std::min(d, n); ++r)
+    for (index_t t = r; t < n; t += d) {
+      order->push_back(t);
+      if (n - t <= d) break;  // t + d would pass n (or overflow)
+    }
   cached = std::move(order);
   last_n = n;
   last_d = d;
@@ -420,7 +435,7 @@ void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tens
         const auto order = residue_order(sh.k_len, pol.pattern.dilation, ws);  // kept alive for the call
         index_t band = 0;  // the window on ranks
         if constexpr (std::is_same_v<P, pattern::dilated_window>)
-          band = 2 * pol.pattern.window + 1;
+          band = sat_add(sat_mul(2, pol.pattern.window), 1);
         else
           band = pol.pattern.kernel;
         run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws,

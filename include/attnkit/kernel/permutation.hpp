@@ -88,10 +88,7 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
                      const problem_shape& sh, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                      const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Obs& obs,
                      workspace& ws) {
-  if (sh.q_len != sh.k_len)
-    fail("k", "extent 'seq'", std::to_string(sh.q_len) + " (stochastic permutation is self-attention: Lk = Lq)",
-         sh.k_len);
-  if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
+  check_permutation_arguments(pol, sh);  // also done by attention(), before the draw
   const index_t n = sh.q_len;
   // Original-index options move into the adapter; the skeleton sees rank space
   // (LSE and outputs are still written at original indices, by the adapter's token()).
@@ -104,8 +101,11 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
   ranked.alibi_slopes = {};
   const bool original_terms = opt.causal != causal::none || opt.window.active() || !opt.key_lengths.empty() ||
                               opt.mask.data || opt.bias.data || !opt.alibi_slopes.empty();
-  const rank_window_keys keys{opt, perm, n, sh.group(), pol.window, pol.kind, original_terms};
-  const index_t band = pol.kind == window_kind::one_sided ? pol.window + 1 : 2 * (pol.window / 2) + 1;
+  // Every kind sees all n ranks once window >= 2n, so a larger window (INT64_MAX as
+  // "unbounded") is clamped to that: window + 1 and the band below stay in range.
+  const index_t window = std::min(pol.window, sat_add(sat_mul(2, n), 2));
+  const rank_window_keys keys{opt, perm, n, sh.group(), window, pol.kind, original_terms};
+  const index_t band = pol.kind == window_kind::one_sided ? window + 1 : 2 * (window / 2) + 1;
   if constexpr (Obs::enabled) {
     unpermuting_observer<Obs> wrapped{obs};
     run_quadratic<Arch>(softmax{}, sh, q, k, v, out, ranked, wrapped, ws, keys, band);

@@ -1021,7 +1021,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, ind
       // A strip never straddles the pattern's query blocks: a straddling strip sees
       // the union of two blocks' key sets, so its tiles turn partial (element test).
       const index_t rb = c.keys.row_block(), i = row0 + r0;
-      if (rb > 0) R = static_cast<int>(std::min<index_t>(R, (i / rb + 1) * rb - i));
+      if (rb > 0) R = static_cast<int>(std::min<index_t>(R, sat_mul(i / rb + 1, rb) - i));
     }
     strip_keys sk{r0, R, bk.lk, 0, bk.lk, 0};
     for (int r = r0; r < r0 + R; ++r) {
@@ -1114,7 +1114,7 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   // A local window (options or pattern) bounds the keys each row sees.
   const bool right_bounded = opt.window.right >= 0 || opt.causal != causal::none;
   if (opt.window.left >= 0 && right_bounded) {
-    const index_t w = opt.window.left + std::max<index_t>(opt.window.right, 0) + 1;
+    const index_t w = sat_add(sat_add(opt.window.left, std::max<index_t>(opt.window.right, 0)), 1);  // sides up to INT64_MAX
     band = band > 0 ? std::min(band, w) : w;
   }
   // Banded calls pack lazily: each query block touches a few key tiles (packed_kv).

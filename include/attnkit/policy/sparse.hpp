@@ -15,7 +15,9 @@
 /// position-based patterns that need a grid (neighbourhoods).
 #include <algorithm>
 #include <concepts>
+#include <string>
 
+#include "../core/checked.hpp"
 #include "../core/error.hpp"
 #include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
@@ -36,7 +38,7 @@ constexpr bool neighbor_1d(index_t p, index_t j, index_t L, index_t kernel, inde
   if (p < 0 || p >= L || j < 0 || j >= L || kernel <= 0 || dilation <= 0) return false;
   if ((p - j) % dilation != 0) return false;
   const index_t r = p % dilation;
-  const index_t Lg = (L - r + dilation - 1) / dilation;
+  const index_t Lg = attnkit::detail::ceil_div(L - r, dilation);  // no L − r + dilation − 1: dilation may be huge
   const index_t g = p / dilation, jg = j / dilation;
   if (Lg <= kernel) return true;
   const index_t start = std::clamp<index_t>(g - kernel / 2, 0, Lg - kernel);
@@ -51,8 +53,8 @@ struct sliding_window {
   index_t left = -1;
   index_t right = 0;
   constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
-    const index_t p = i + Lk - Lq;
-    return (left < 0 || j >= p - left) && (right < 0 || j <= p + right);
+    const index_t p = i + Lk - Lq;  // the sides may be up to INT64_MAX: bounds saturate
+    return (left < 0 || j >= attnkit::detail::sat_sub(p, left)) && (right < 0 || j <= attnkit::detail::sat_add(p, right));
   }
 };
 
@@ -65,7 +67,7 @@ struct dilated_window {
   index_t dilation = 1;
   constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
     const index_t p = i + Lk - Lq, dist = p > j ? p - j : j - p;
-    return dilation > 0 && dist % dilation == 0 && dist <= window * dilation;
+    return dilation > 0 && dist % dilation == 0 && dist <= attnkit::detail::sat_mul(window, dilation);
   }
 };
 
@@ -121,7 +123,9 @@ struct neighborhood_2d {
   index_t dilation = 1;
   constexpr bool allowed(index_t i, index_t j, index_t Lq, index_t Lk) const noexcept {
     const index_t p = i + Lk - Lq;
-    if (width <= 0 || p < 0 || p >= height * width || j < 0 || j >= height * width) return false;
+    index_t cells = 0;
+    if (width <= 0 || height <= 0 || !attnkit::detail::checked_mul(height, width, cells)) return false;
+    if (p < 0 || p >= cells || j < 0 || j >= cells) return false;
     return detail::neighbor_1d(p / width, j / width, height, kernel_h, dilation) &&
            detail::neighbor_1d(p % width, j % width, width, kernel_w, dilation);
   }
@@ -162,46 +166,71 @@ struct top_k {
 /// (intersected with the options' masks).
 struct flex_prefill {
   static constexpr bool data_dependent = true;
-  double gamma = 0.9;
-  index_t block = 64;
-  index_t min_budget = 1;  ///< minimum number of key blocks kept per query block
+  double gamma = 0.9;       ///< in [0, 1]
+  index_t block = 64;       ///< > 0
+  index_t min_budget = 1;  ///< minimum number of key blocks kept per query block (>= 0)
 };
 
 /// Validates a pattern's own arguments against the call's shape and options; the
 /// kernel and the oracle both call it, so they accept exactly the same calls (the
-/// fuzz harness checks this). Throws invalid_argument_error naming the field.
+/// fuzz harness checks this). Throws invalid_argument_error naming the field. Every
+/// size may be as large as INT64_MAX (a natural "unbounded"); only negative,
+/// non-finite or inconsistent values are refused.
 template <class P>
 void check_arguments(const P& p, const problem_shape& sh, const options& opt) {
-  if constexpr (std::is_same_v<P, pattern::block_sparse>) {
-    if (p.block_q <= 0) attnkit::detail::fail("pattern.block_q", "", "> 0", p.block_q);
-    if (p.block_k <= 0) attnkit::detail::fail("pattern.block_k", "", "> 0", p.block_k);
-    if (p.layout == nullptr) attnkit::detail::fail("pattern.layout", "", "a non-null pointer", "nullptr");
-    if (p.num_q_blocks * p.block_q < sh.q_len)
-      attnkit::detail::fail("pattern.num_q_blocks", "", ">= ceil(Lq / block_q)", p.num_q_blocks);
-    if (p.num_k_blocks * p.block_k < sh.k_len)
-      attnkit::detail::fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
-  } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
-    if (p.height * p.width != sh.k_len) attnkit::detail::fail("pattern", "height*width", "= k.seq", p.height * p.width);
-    if (p.dilation <= 0) attnkit::detail::fail("pattern.dilation", "", "> 0", p.dilation);
-    if (p.kernel_h <= 0 || p.kernel_w <= 0)
-      attnkit::detail::fail("pattern.kernel_h/kernel_w", "", "> 0", std::min(p.kernel_h, p.kernel_w));
-  } else if constexpr (std::is_same_v<P, pattern::power_attention>) {
-    if (p.block <= 0) attnkit::detail::fail("pattern.block", "", "> 0", p.block);
-  } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
-    if (p.block <= 0) attnkit::detail::fail("pattern.block", "", "> 0", p.block);
-    // Candidate blocks come from the analytic masks; element masks would need an N² scan.
-    if (opt.mask.data)
-      attnkit::detail::fail("options.mask", "", "none with flex_prefill (candidates are found analytically)", "a mask");
-    if (opt.bias.data)
-      attnkit::detail::fail("options.bias", "", "none with flex_prefill (candidates are found analytically)", "a bias");
+  using attnkit::detail::fail;
+  using attnkit::detail::sat_mul;
+  if constexpr (std::is_same_v<P, pattern::sliding_window>) {
+    if (p.left < -1) fail("pattern.left", "", ">= -1 (-1 = unbounded)", p.left);
+    if (p.right < -1) fail("pattern.right", "", ">= -1 (-1 = unbounded)", p.right);
   } else if constexpr (std::is_same_v<P, pattern::dilated_window>) {
-    if (p.dilation <= 0) attnkit::detail::fail("pattern.dilation", "", "> 0", p.dilation);
+    if (p.window < 0) fail("pattern.window", "", ">= 0", p.window);
+    if (p.dilation <= 0) fail("pattern.dilation", "", "> 0", p.dilation);
+  } else if constexpr (std::is_same_v<P, pattern::sink_window>) {
+    if (p.sinks < 0) fail("pattern.sinks", "", ">= 0", p.sinks);
+    if (p.window < 0) fail("pattern.window", "", ">= 0", p.window);
+  } else if constexpr (std::is_same_v<P, pattern::block_sparse>) {
+    if (p.block_q <= 0) fail("pattern.block_q", "", "> 0", p.block_q);
+    if (p.block_k <= 0) fail("pattern.block_k", "", "> 0", p.block_k);
+    if (p.layout == nullptr) fail("pattern.layout", "", "a non-null pointer", "nullptr");
+    if (p.num_q_blocks < 0) fail("pattern.num_q_blocks", "", ">= 0", p.num_q_blocks);
+    if (p.num_k_blocks < 0) fail("pattern.num_k_blocks", "", ">= 0", p.num_k_blocks);
+    index_t cells = 0;  // the layout's size: its indices must not wrap
+    if (!attnkit::detail::checked_mul(p.num_q_blocks, p.num_k_blocks, cells))
+      fail("pattern.num_k_blocks", "", "num_q_blocks × num_k_blocks within 64 bits", p.num_k_blocks);
+    if (sat_mul(p.num_q_blocks, p.block_q) < sh.q_len)
+      fail("pattern.num_q_blocks", "", ">= ceil(Lq / block_q)", p.num_q_blocks);
+    if (sat_mul(p.num_k_blocks, p.block_k) < sh.k_len)
+      fail("pattern.num_k_blocks", "", ">= ceil(Lk / block_k)", p.num_k_blocks);
   } else if constexpr (std::is_same_v<P, pattern::neighborhood_1d>) {
-    if (p.dilation <= 0) attnkit::detail::fail("pattern.dilation", "", "> 0", p.dilation);
-    if (p.kernel <= 0) attnkit::detail::fail("pattern.kernel", "", "> 0", p.kernel);
+    if (p.dilation <= 0) fail("pattern.dilation", "", "> 0", p.dilation);
+    if (p.kernel <= 0) fail("pattern.kernel", "", "> 0", p.kernel);
+  } else if constexpr (std::is_same_v<P, pattern::neighborhood_2d>) {
+    if (p.height < 0) fail("pattern.height", "", ">= 0", p.height);
+    if (p.width < 0) fail("pattern.width", "", ">= 0", p.width);
+    index_t cells = 0;  // checked: {7, 7905747460161236412} would wrap to 36
+    if (!attnkit::detail::checked_mul(p.height, p.width, cells))
+      fail("pattern", "height*width", std::to_string(sh.k_len) + " (= k.seq)",
+           std::to_string(p.height) + " × " + std::to_string(p.width) + " (past 64 bits)");
+    if (cells != sh.k_len) fail("pattern", "height*width", std::to_string(sh.k_len) + " (= k.seq)", cells);
+    if (p.dilation <= 0) fail("pattern.dilation", "", "> 0", p.dilation);
+    if (p.kernel_h <= 0) fail("pattern.kernel_h", "", "> 0", p.kernel_h);
+    if (p.kernel_w <= 0) fail("pattern.kernel_w", "", "> 0", p.kernel_w);
+  } else if constexpr (std::is_same_v<P, pattern::power_attention>) {
+    if (p.block <= 0) fail("pattern.block", "", "> 0", p.block);
+    if (p.sinks < 0) fail("pattern.sinks", "", ">= 0", p.sinks);
+    if (p.local < 0) fail("pattern.local", "", ">= 0", p.local);
+  } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
+    if (!(p.gamma >= 0.0 && p.gamma <= 1.0)) fail("pattern.gamma", "", "in [0, 1] (a cumulative probability)", p.gamma);
+    if (p.block <= 0) fail("pattern.block", "", "> 0", p.block);
+    if (p.min_budget < 0) fail("pattern.min_budget", "", ">= 0", p.min_budget);
+    // Candidate blocks come from the analytic masks; element masks would need an N² scan.
+    if (opt.mask.data) fail("options.mask", "", "none with flex_prefill (candidates are found analytically)", "a mask");
+    if (opt.bias.data) fail("options.bias", "", "none with flex_prefill (candidates are found analytically)", "a bias");
   } else if constexpr (std::is_same_v<P, pattern::top_k>) {
-    if (p.k < 0) attnkit::detail::fail("pattern.k", "", ">= 0", p.k);
+    if (p.k < 0) fail("pattern.k", "", ">= 0", p.k);
   }
+  (void)sh, (void)opt;
 }
 
 /// A pattern decided by position alone: `allowed(i, j, Lq, Lk)`.

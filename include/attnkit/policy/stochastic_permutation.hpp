@@ -17,9 +17,12 @@
 /// i keeps each window key with probability ≈ i/n).
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "../core/checked.hpp"
 #include "../core/tensor_view.hpp"
+#include "../core/validate.hpp"
 #include "family.hpp"
 #include "random.hpp"
 
@@ -41,6 +44,20 @@ struct stochastic_permutation {
   /// The head key of kv head g.
   std::uint64_t head_key(index_t g) const noexcept { return share_across_heads ? 0 : static_cast<std::uint64_t>(g); }
 };
+
+namespace detail {
+/// The policy's own checks against the call's shape; the kernel and the oracle
+/// both call it (before anything is drawn or written), so they accept the same calls.
+/// Any window >= 0 is valid, INT64_MAX included ("unbounded").
+inline void check_permutation_arguments(const stochastic_permutation& pol, const problem_shape& sh) {
+  if (sh.q_len != sh.k_len)
+    fail("k", "extent 'seq'", std::to_string(sh.q_len) + " (= q.seq: stochastic permutation is self-attention)",
+         sh.k_len);
+  if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
+  if (pol.kind != window_kind::symmetric && pol.kind != window_kind::one_sided && pol.kind != window_kind::circular)
+    fail("policy.kind", "", "window_kind::symmetric, one_sided or circular", static_cast<int>(pol.kind));
+}
+}  // namespace detail
 
 /// True iff ranks ri (query) and rj (key) are within `window` under `kind` (n tokens).
 constexpr bool rank_window_allows(window_kind kind, index_t window, index_t ri, index_t rj, index_t n) noexcept {
@@ -102,19 +119,21 @@ inline coverage_report permutation_coverage(index_t n, index_t window, index_t l
     const auto perm = make_permutation(n, seed, first_layer + static_cast<std::uint64_t>(l), head);
     const auto rank = inverse_permutation(perm);
     std::fill(next.begin(), next.end(), 0);
-    const index_t half = window / 2;
+    // Every kind sees all ranks once window >= 2n: a larger one (INT64_MAX) is
+    // clamped so that the candidate loop below stays O(n) per token.
+    const index_t w = std::min(window, detail::sat_add(detail::sat_mul(2, n), 2)), half = w / 2;
     for (index_t i = 0; i < n; ++i) {
       const index_t ri = rank[static_cast<std::size_t>(i)];
       std::uint64_t* dst = next.data() + i * words;
       // Candidate ranks: a superset of the window, filtered by rank_window_allows.
-      const index_t lo = kind == window_kind::one_sided ? ri - window : ri - half;
+      const index_t lo = kind == window_kind::one_sided ? ri - w : ri - half;
       const index_t hi = kind == window_kind::one_sided ? ri : ri + half;
       for (index_t rr = lo; rr <= hi; ++rr) {
         index_t rj = rr;
         if (kind == window_kind::circular) rj = ((rr % n) + n) % n;
         if (rj < 0 || rj >= n) continue;
         if (kind == window_kind::circular && hi - lo + 1 > n && rr != rj) continue;  // visit each rank once
-        if (!rank_window_allows(kind, window, ri, rj, n)) continue;
+        if (!rank_window_allows(kind, w, ri, rj, n)) continue;
         const index_t j = perm[static_cast<std::size_t>(rj)];
         if (causal && j > i) continue;
         const std::uint64_t* src = reach.data() + j * words;

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../core/checked.hpp"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "../core/mask.hpp"
@@ -166,8 +167,9 @@ inline bool option_allows(const options& opt, const batch_keys& bk, index_t b, i
       if (j > i + delta) return false;
       break;
   }
-  if (opt.window.left >= 0 && j < i + delta - opt.window.left) return false;
-  if (opt.window.right >= 0 && j > i + delta + opt.window.right) return false;
+  // The window sides may be up to INT64_MAX: saturating bounds compare exactly.
+  if (opt.window.left >= 0 && j < attnkit::detail::sat_sub(i + delta, opt.window.left)) return false;
+  if (opt.window.right >= 0 && j > attnkit::detail::sat_add(i + delta, opt.window.right)) return false;
   if (opt.mask.data != nullptr && !broadcast_row(opt.mask, b, h, i)[j * opt.mask.stride[3]]) return false;
   return true;
 }

@@ -153,10 +153,10 @@ void flex_select(const pattern::flex_prefill& p, const tensor_view<TQ>& q, const
   const index_t Lq = sh.q_len, Lk = sh.k_len, D = sh.head_dim, g = h / sh.group(), B = p.block;
   const index_t lk = keys_of_batch(opt, b, Lq, Lk).lk;
   const double tau = resolved_scale(opt, D);
-  const index_t nkb = (Lk + B - 1) / B;
+  const index_t nkb = attnkit::detail::ceil_div(Lk, B);  // B may be up to INT64_MAX
   std::vector<double> x(static_cast<std::size_t>(D)), qbar(static_cast<std::size_t>(D)), kbar(static_cast<std::size_t>(D));
-  for (index_t i0 = 0; i0 < Lq; i0 += B) {
-    const index_t i1 = std::min(Lq, i0 + B);
+  for (index_t i0 = 0; i0 < Lq; i0 = attnkit::detail::sat_add(i0, B)) {
+    const index_t i1 = std::min(Lq, attnkit::detail::sat_add(i0, B));
     std::fill(qbar.begin(), qbar.end(), 0.0);
     for (index_t i = i0; i < i1; ++i) {
       load(q, b, h, i, x.data());
@@ -165,7 +165,7 @@ void flex_select(const pattern::flex_prefill& p, const tensor_view<TQ>& q, const
     std::vector<index_t> cand;
     std::vector<double> est;
     for (index_t kb = 0; kb < nkb; ++kb) {
-      const index_t j0 = kb * B, j1 = std::min(Lk, j0 + B);
+      const index_t j0 = kb * B, j1 = std::min(Lk, attnkit::detail::sat_add(j0, B));
       bool any = false;
       for (index_t i = i0; i < i1 && !any; ++i)
         for (index_t j = j0; j < j1 && !any; ++j) any = !(L[static_cast<std::size_t>(i * Lk + j)] == ninf);
@@ -212,12 +212,6 @@ inline void rank_window(const std::vector<index_t>& perm, window_kind kind, inde
     for (index_t j = 0; j < Lk; ++j)
       if (!rank_window_allows(kind, window, rank[static_cast<std::size_t>(i)], rank[static_cast<std::size_t>(j)], Lk))
         L[static_cast<std::size_t>(i * Lk + j)] = ninf;
-}
-
-inline void check_self_attention(const problem_shape& sh) {
-  if (sh.q_len != sh.k_len)
-    fail("q", "extent 'seq'", std::to_string(sh.k_len) + " (= k.seq: stochastic permutation is self-attention)",
-         sh.q_len);
 }
 
 inline void check_permutations(const std::vector<std::vector<index_t>>& perms, const problem_shape& sh) {
@@ -284,9 +278,8 @@ result attention(const stochastic_permutation& pol, const std::vector<std::vecto
                  const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                  const tensor_view<TO>& out, const options& opt = {}, const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
-  detail::check_self_attention(sh);
+  attnkit::detail::check_permutation_arguments(pol, sh);
   detail::check_permutations(perms, sh);
-  if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
   return detail::run_quadratic(softmax{}, q, k, v, out, opt, sh, ex, [&](index_t, index_t h, std::vector<double>& L) {
     const auto& p = perms.size() == 1 ? perms[0] : perms[static_cast<std::size_t>(h / sh.group())];
     detail::rank_window(p, pol.kind, pol.window, sh.k_len, L);
