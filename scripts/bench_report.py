@@ -34,6 +34,7 @@ BLOCK_SPARSE_BAND = 0.20    # block-sparse time = density x dense time, +-20%
 PERMUTATION_VS_WINDOW = 1.15
 WINDOW_PER_X4 = 4.4         # sliding window: time per x4 of N
 OBSERVER_OVERHEAD = 1.10    # entropy observer on vs off
+CUSTOM_VS_BUILTIN = 0.90    # a variant defined outside the library vs the built-in one doing the same work
 SPREAD_WARNING = 0.10       # limit measurements differing by more than this
 
 ABOVE_LIMIT = "⚠ above 100%: measurement problem"
@@ -310,6 +311,12 @@ def main():
                 x = time_of(bigger) / r["time"]
                 ratio_rows.append((f"`{bigger}` vs `{name}` (time, N ×4)", f"{x:.2f}×",
                                    verdict(f"≤ {WINDOW_PER_X4}", x <= WINDOW_PER_X4, suspect(name, bigger))))
+        elif v == "custom":
+            base = name.replace("custom/", "custom_baseline/", 1)
+            if time_of(base):
+                x = time_of(base) / r["time"]
+                ratio_rows.append((f"`{name}` vs `{base}` (speed: baseline time / custom time)", f"{x:.2f}×",
+                                   verdict(f"≥ {CUSTOM_VS_BUILTIN}", x >= CUSTOM_VS_BUILTIN, suspect(name, base))))
         elif v == "entropy" and f.get("on"):
             off = name.replace("entropy/on/", "entropy/off/", 1)
             if time_of(off):

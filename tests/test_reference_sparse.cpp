@@ -22,7 +22,7 @@ std::vector<index_t> counts(const P& pat, index_t L, const options& opt = {}) {
 }  // namespace
 
 TEST_CASE("sparse patterns: allowed counts by hand", "[reference][sparse]") {
-  CHECK(counts(pattern::sliding_window{2}, 6) == std::vector<index_t>{1, 2, 3, 3, 3, 3});
+  CHECK(counts(pattern::sliding_window{2, 0}, 6) == std::vector<index_t>{1, 2, 3, 3, 3, 3});
   CHECK(counts(pattern::sliding_window{1, 1}, 5) == std::vector<index_t>{2, 3, 3, 3, 2});
   CHECK(counts(pattern::dilated_window{1, 2}, 7) == std::vector<index_t>{2, 2, 3, 3, 3, 2, 2});
   CHECK(counts(pattern::sink_window{2, 2}, 6) == std::vector<index_t>{1, 2, 3, 4, 4, 4});
@@ -62,7 +62,7 @@ TEST_CASE("sparse: sliding_window pattern equals options.window", "[reference][s
   reference::attention(softmax{}, q.cv(), k.cv(), v.cv(), o2.v(), opt);
   CHECK(reftest::max_diff(o1.x, o2.x) < tol);
   // Inner sigmoid: masked keys weigh 0.
-  const auto r = reference::attention(sparse{pattern::sliding_window{0}, sigmoid{.bias = 0.0f}}, q.cv(), k.cv(), v.cv(),
+  const auto r = reference::attention(sparse{pattern::sliding_window{0, 0}, sigmoid{.bias = 0.0f}}, q.cv(), k.cv(), v.cv(),
                                       o1.v());
   CHECK(r.allowed == std::vector<index_t>(12, 1));
   double s00 = 0;  // logit of (row 0, key 0), τ = 1/sqrt(3)

@@ -6,7 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <attnkit/attnkit.hpp>
-#include <attnkit/kernel/pattern.hpp>
+#include <attnkit/kernel/sparse/pattern_keys.hpp>
 
 #include <cstdint>
 #include <random>
@@ -50,7 +50,7 @@ void check_pattern(const P& pat, const char* what) {
     options opt;
     const std::vector<index_t> lengths{s.k_len, s.k_len * 2 / 3};
     opt.key_lengths = lengths;
-    const detail::static_pattern_keys<P> keys{pat, opt, s.q_len, s.k_len};
+    const detail::pattern_keys<P> keys{{}, pat, opt, s.q_len, s.k_len};
     INFO(what << ": Lq " << s.q_len << " Lk " << s.k_len);
     CHECK(compare_bits(keys, s.q_len, s.k_len, 2, 7) == 2 * s.q_len * 6);
   }
@@ -93,7 +93,7 @@ TEST_CASE("allowed_bits equals allowed for 2-D neighbourhoods", "[sparse][bits]"
     const index_t L = g.height * g.width;
     for (const index_t q_len : {L, L / 3}) {
       options opt;
-      const detail::static_pattern_keys<pattern::neighborhood_2d> keys{pat, opt, q_len, L};
+      const detail::pattern_keys<pattern::neighborhood_2d> keys{{}, pat, opt, q_len, L};
       INFO("grid " << g.height << "×" << g.width << " kernel " << g.kh << "×" << g.kw << " dilation " << g.dilation
                    << " Lq " << q_len);
       CHECK(compare_bits(keys, q_len, L, 1, 11) == q_len * 6);
@@ -123,7 +123,7 @@ TEST_CASE("tile_keys holds every allowed key of a strip's tile (sink window)", "
     for (const index_t q_len : {300, 90}) {
       const index_t k_len = 300;
       options opt;
-      const detail::static_pattern_keys<pattern::sink_window> keys{pat, opt, q_len, k_len};
+      const detail::pattern_keys<pattern::sink_window> keys{{}, pat, opt, q_len, k_len};
       std::int64_t inside = 0;
       for (index_t i0 = 0; i0 < q_len; i0 += 5)
         for (index_t rows = 1; rows <= 6 && i0 + rows <= q_len; ++rows)

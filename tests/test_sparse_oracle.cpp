@@ -52,7 +52,7 @@ TEMPLATE_LIST_TEST_CASE("static and block-selection patterns match the oracle", 
 }
 
 // Self-attention with dilation > 1 and no positional option runs in residue order
-// (kernel/pattern.hpp, residue_keys): queries and keys of one residue class side by
+// (kernel/sparse/pattern_keys.hpp, rank_keys): queries and keys of one residue class side by
 // side, a plain band on ranks. Odd lengths (groups of unequal size), groups smaller
 // than the kernel, GQA, softcap (position-free), the sigmoid inner policy; with a
 // causal mask the same patterns take the position-space path (checked above too).

@@ -9,7 +9,12 @@
 #include <cmath>
 
 #include "../simd/decode_kernels.hpp"
-#include "quadratic.hpp"
+#include "../parallel/thread_pool.hpp"
+#include "../parallel/workspace.hpp"
+#include "prefill/call.hpp"
+#include "prefill/epilogue.hpp"
+#include "prefill/logits.hpp"
+#include "weights.hpp"
 
 namespace attnkit::detail {
 
@@ -113,8 +118,8 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       for (index_t j = lo_min; j < hi_max; j += 16) {
         const int n = static_cast<int>(std::min<index_t>(16, hi_max - j));
         for (index_t x = j + 16; x < std::min(j + 32, hi_max); ++x)  // the next block's K rows
-          prefetch_row(k.row(b, g, x), k_row_bytes);
-        for (index_t x = j; x < j + n; ++x) prefetch_row(v.row(b, g, x), v_row_bytes);
+          simd::prefetch_row(k.row(b, g, x), k_row_bytes);
+        for (index_t x = j; x < j + n; ++x) simd::prefetch_row(v.row(b, g, x), v_row_bytes);
         for (index_t r = 0; r < rows; ++r) {
           const index_t a = std::max(j, sc.lo[r]), e = std::min<index_t>(j + n, sc.hi[r]);
           if (a >= e) continue;
@@ -136,8 +141,8 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       for (index_t j = j0; j < j1; ++j) {
         const bool any = j >= lo_min && j < hi_max;
         if (any) {
-          if (j + prefetch_ahead < hi_max) prefetch_row(k.row(b, g, j + prefetch_ahead), k_row_bytes);
-          prefetch_row(v.row(b, g, j), v_row_bytes);
+          if (j + prefetch_ahead < hi_max) simd::prefetch_row(k.row(b, g, j + prefetch_ahead), k_row_bytes);
+          simd::prefetch_row(v.row(b, g, j), v_row_bytes);
         }
         const float* kr = nullptr;
         if (any) {

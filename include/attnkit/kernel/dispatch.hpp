@@ -15,9 +15,9 @@
 #include "../simd/arch.hpp"
 #include "decode.hpp"
 #include "feature_maps.hpp"
-#include "pattern.hpp"
 #include "permutation.hpp"
-#include "quadratic.hpp"
+#include "prefill/schedule.hpp"
+#include "sparse/run.hpp"
 
 namespace attnkit {
 

@@ -12,6 +12,7 @@
 
 #include "../policy/linear.hpp"
 #include "../policy/log_normal.hpp"
+#include "../policy/softmax.hpp"
 #include "kernelized.hpp"
 
 namespace attnkit::detail {
@@ -264,8 +265,7 @@ void run_linear(const linear<F>& pol, const problem_shape& sh, const tensor_view
 
 /// Keys of LLN+Diag's block-diagonal softmax: query position p = i + Δ sees the keys
 /// of its block [⌊p/D⌋·D, ⌊p/D⌋·D + D) (then intersected with the options' masks).
-struct block_diagonal_keys {
-  static constexpr bool active = true;
+struct block_diagonal_keys : key_set_base {
   const options& opt;
   index_t q_len = 0, k_len = 0, block = 1;
   key_range hull(index_t b, index_t, index_t i) const {
@@ -334,7 +334,7 @@ void run_log_normal(const log_normal& pol, const problem_shape& sh, const tensor
   o.masked_rows = masked_rows::zero;
   o.lse = nullptr;
   null_observer none;
-  run_quadratic<Arch>(softmax{}, sh, q, k, v, dv, o, none, ws, block_diagonal_keys{opt, sh.q_len, sh.k_len, sh.head_dim},
+  run_quadratic<Arch>(softmax{}, sh, q, k, v, dv, o, none, ws, block_diagonal_keys{{}, opt, sh.q_len, sh.k_len, sh.head_dim},
                       sh.head_dim);
   for (index_t b = 0; b < sh.batch; ++b)
     for (index_t h = 0; h < sh.q_heads; ++h)

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../simd/transpose.hpp"
-#include "quadratic.hpp"
+#include "prefill/schedule.hpp"
 
 namespace attnkit::detail {
 
@@ -80,8 +80,12 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       return std::max<index_t>(p, 0);
     };
 
-    auto& [S, z, phik_t, phik_rows, vpad, phiq, o, xrow, P, rowscale, den] =
-        ws.slot(slot).get<kernelized_scratch>();
+    // Named references, not a structured binding: the lambdas below capture them
+    // (clang before 16 cannot capture structured bindings).
+    kernelized_scratch& ks = ws.slot(slot).get<kernelized_scratch>();
+    auto &S = ks.S, &z = ks.z, &phik_t = ks.phik_t, &phik_rows = ks.phik_rows, &vpad = ks.vpad, &phiq = ks.phiq;
+    auto &o = ks.o, &xrow = ks.xrow, &P = ks.P, &rowscale = ks.rowscale;
+    auto& den = ks.den;
     auto grow = [](aligned_vector<float>& x, index_t n) {
       if (x.size() < static_cast<std::size_t>(n)) x.resize(static_cast<std::size_t>(n));
     };
@@ -117,8 +121,8 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
         // chunk's products run: at D = 64 the streams of Q, K, V and O are a
         // visible share of the time.
         if (const index_t jn = j0 + BN + jj; jn < Lk) {
-          prefetch_row(k.row(b, g, jn), static_cast<std::size_t>(sh.head_dim) * sizeof(KV));
-          prefetch_row(v.row(b, g, jn), static_cast<std::size_t>(Dv) * sizeof(KV));
+          simd::prefetch_row(k.row(b, g, jn), static_cast<std::size_t>(sh.head_dim) * sizeof(KV));
+          simd::prefetch_row(v.row(b, g, jn), static_cast<std::size_t>(Dv) * sizeof(KV));
         }
         const float* x = nullptr;
         if constexpr (std::is_same_v<KV, float>) {
@@ -190,7 +194,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
       advance_to(causal_rows ? std::max(absorbed, p_last - BN) : bk.lk);
       // φQ for the chunk.
       for (index_t r = 0; r < rows; ++r) {
-        if (i0 + BN + r < Lq) prefetch_row(q.row(b, h, i0 + BN + r), static_cast<std::size_t>(sh.head_dim) * sizeof(float));
+        if (i0 + BN + r < Lq) simd::prefetch_row(q.row(b, h, i0 + BN + r), static_cast<std::size_t>(sh.head_dim) * sizeof(float));
         const float* qr = q.row(b, h, i0 + r);
         fq.map(qr, token_ref{b, h, i0 + r, true, bk}, phiq.data() + r * M);
       }

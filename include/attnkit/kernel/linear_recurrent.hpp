@@ -82,7 +82,8 @@ void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<c
     // Positions as in a self-attention call over the whole stream (Δ = 0).
     const batch_keys bk{pos0 + T, 0};
     const detail::linear_feature<Arch, F> phi{pol.phi, sh.head_dim, pos0 + T, tau};
-    auto& [fq, fk] = ws.slot(slot).get<detail::feature_pair_rows>();
+    auto& rows = ws.slot(slot).get<detail::feature_pair_rows>();
+    auto &fq = rows.fq, &fk = rows.fk;
     fq.resize(static_cast<std::size_t>(M));
     fk.resize(static_cast<std::size_t>(M));
     float* S = state.s_of(b, h);

@@ -13,14 +13,16 @@
 #include <memory>
 #include <vector>
 
+#include "../policy/softmax.hpp"
 #include "../policy/stochastic_permutation.hpp"
-#include "quadratic.hpp"
+#include "prefill/schedule.hpp"
 
 namespace attnkit::detail {
 
 /// Rank-space key set of one call: window on ranks + original-index masks.
-struct rank_window_keys {
-  static constexpr bool active = true;
+struct rank_window_keys : key_set_base {
+  static constexpr bool reordered = true;
+  static constexpr bool adjusts = true;
   const options& opt;           ///< the caller's options (original indices)
   const std::vector<std::vector<index_t>>& perm;  ///< per kv head: token at rank r
   index_t n = 0, group = 1, window = 0;
@@ -28,7 +30,7 @@ struct rank_window_keys {
   bool original_terms = false;  ///< any option that depends on original indices
 
   const std::vector<index_t>& pi(index_t h) const { return perm[perm.size() == 1 ? 0 : static_cast<std::size_t>(h / group)]; }
-  /// Row reordering (see quadratic.hpp): rank r of query head h / kv head g.
+  /// Row reordering (prefill/keys.hpp): rank r of query head h / kv head g.
   index_t token(index_t h, index_t r) const { return pi(h)[static_cast<std::size_t>(r)]; }
   index_t kv_token(index_t g, index_t r) const {
     return perm[perm.size() == 1 ? 0 : static_cast<std::size_t>(g)][static_cast<std::size_t>(r)];
@@ -104,7 +106,7 @@ void run_rank_window(const stochastic_permutation& pol, const std::vector<std::v
   // Every kind sees all n ranks once window >= 2n, so a larger window (INT64_MAX as
   // "unbounded") is clamped to that: window + 1 and the band below stay in range.
   const index_t window = std::min(pol.window, sat_add(sat_mul(2, n), 2));
-  const rank_window_keys keys{opt, perm, n, sh.group(), window, pol.kind, original_terms};
+  const rank_window_keys keys{{}, opt, perm, n, sh.group(), window, pol.kind, original_terms};
   const index_t band = pol.kind == window_kind::one_sided ? window + 1 : 2 * (window / 2) + 1;
   if constexpr (Obs::enabled) {
     unpermuting_observer<Obs> wrapped{obs};
@@ -139,7 +141,9 @@ inline std::shared_ptr<const std::vector<std::vector<index_t>>> policy_permutati
                                                                                     index_t n, index_t kv_heads,
                                                                                     workspace& ws) {
   using draw_key = permutation_cache::draw_key;
-  auto& [last, cached] = ws.shared().get<permutation_cache>();
+  permutation_cache& cache = ws.shared().get<permutation_cache>();
+  auto& last = cache.last;
+  auto& cached = cache.cached;
   const index_t count = pol.share_across_heads ? 1 : kv_heads;
   const draw_key key{n, count, pol.seed, pol.layer};
   if (cached && key == last) return cached;

@@ -44,7 +44,7 @@ std::vector<double> merge(const tensor_view<T1>& o1, std::span<const double> lse
 }
 
 /// Entropy of the row-normalised non-negative weights w (unnormalised variants:
-/// sigmoid, linear, LLN). Zero weights are skipped; an all-zero row has entropy 0;
+/// sigmoid, linear, LLN). Zero weights are skipped; a row without mass (all zero) has no entropy (NaN);
 /// a negative or NaN weight gives NaN.
 inline double entropy_from_weights(std::span<const double> w) noexcept { return detail::entropy_of(w); }
 

@@ -106,14 +106,15 @@ inline result make_result(const problem_shape& sh, bool normalized, const extras
 }
 
 /// Entropy of the row-normalised non-negative weights w (zeros skipped); NaN if a
-/// weight is negative or NaN, 0 for an all-zero row.
+/// weight is negative or NaN, and for a row without mass (all weights 0: there is no
+/// distribution — e.g. a ReLU row whose logits are all negative), as the observer.
 inline double entropy_of(std::span<const double> w) noexcept {
   double sum = 0;
   for (double x : w) {
     if (!(x >= 0)) return qnan;
     sum += x;
   }
-  if (!(sum > 0)) return 0.0;
+  if (!(sum > 0)) return qnan;
   double h = 0;
   for (double x : w)
     if (x > 0) {

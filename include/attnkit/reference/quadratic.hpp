@@ -260,12 +260,14 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
     } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
       detail::flex_select(pol.pattern, q, k, opt, sh, b, h, L);
     } else {
-      (void)h;
       static_assert(pattern::static_pattern<P>, "attnkit::reference: unknown data-dependent pattern");
-      const index_t lk = keys_of_batch(opt, b, Lq, Lk).lk;
-      for (index_t i = 0; i < Lq; ++i)
+      const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
+      for (index_t i = 0; i < Lq; ++i) {
+        const pattern::row_query row{b, h, i, Lq, bk.lk, bk.delta};
         for (index_t j = 0; j < Lk; ++j)
-          if (!pol.pattern.allowed(i, j, Lq, lk)) L[static_cast<std::size_t>(i * Lk + j)] = detail::ninf;
+          if (!attnkit::detail::pattern_hooks<P>::allowed(pol.pattern, row, j))
+            L[static_cast<std::size_t>(i * Lk + j)] = detail::ninf;
+      }
     }
   });
 }

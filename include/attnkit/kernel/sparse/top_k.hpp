@@ -22,8 +22,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "../policy/sparse.hpp"
-#include "quadratic.hpp"
+#include "../../policy/sparse.hpp"
+#include "../prefill/schedule.hpp"
+#include "selection.hpp"
 
 namespace attnkit::detail {
 
@@ -41,8 +42,9 @@ struct top_k_block {
 };
 
 template <class Arch>
-struct top_k_keys {
-  static constexpr bool active = true;
+struct top_k_keys : key_set_base {
+  static constexpr bool filters = true;
+  static constexpr bool prepares = true;
   using O = simd::ops<Arch>;
   using vf = typename O::vf;
   static constexpr int MR = simd::tile_shape<Arch>::rows, BN = simd::tile_shape<Arch>::keys;
@@ -280,6 +282,17 @@ struct top_k_keys {
     lo = std::max(lo, base + first * W);
     hi = std::min(hi, base + last * W + W);
     return false;
+  }
+};
+
+/// The kernel of pattern::top_k: two passes per query block on the skeleton.
+template <>
+struct selection<pattern::top_k> {
+  template <class Arch, class Inner, class Obs, class KV>
+  static void run(const sparse<pattern::top_k, Inner>& pol, const problem_shape& sh,
+                  const tensor_view<const float>& q, const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                  const tensor_view<float>& out, const options& opt, Obs& obs, workspace& ws) {
+    run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws, top_k_keys<Arch>{{}, pol.pattern.k, sh.k_len});
   }
 };
 
