@@ -48,11 +48,13 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     using inner = decltype(pol.inner);
     static_assert(quadratic_policy<inner>, "attnkit: sparse<Pattern, Inner> needs a quadratic inner policy");
     check_quadratic_options<inner>(opt);
+    reject_positions(opt, "sparse patterns");
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
     static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
+    reject_positions(opt, "stochastic permutation attention");
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_rank_window<Arch>(pol, *policy_permutations(pol, shape.k_len, shape.kv_heads), shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();

@@ -262,6 +262,7 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
                  const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
   pattern::check_arguments(pol.pattern, sh, opt);
+  attnkit::detail::reject_positions(opt, "sparse patterns");
   const sigmoid* sig = detail::sigmoid_or_null(pol.inner);
   return detail::run_quadratic(sig, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
     const index_t Lq = sh.q_len, Lk = sh.k_len;
@@ -291,6 +292,7 @@ result attention(const stochastic_permutation& pol, const std::vector<std::vecto
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
   detail::check_self_attention(sh);
   detail::check_permutations(perms, sh);
+  attnkit::detail::reject_positions(opt, "stochastic permutation attention");
   if (pol.window < 0) fail("policy.window", "", ">= 0", pol.window);
   return detail::run_quadratic(nullptr, q, k, v, out, opt, sh, ex, [&](index_t, index_t h, std::vector<double>& L) {
     const auto& p = perms.size() == 1 ? perms[0] : perms[static_cast<std::size_t>(h / sh.group())];
