@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the benchmarks (Release, -march=native), run them, and write a report:
 # report.md (GFLOP/s and % of the FMA peak measured in the same run, decode GB/s vs
-# triad bandwidth, attnkit vs baseline ratios), throughput.png, and the raw JSON.
+# triad bandwidth, attnkit vs baseline ratios), throughput.png, and the raw JSON;
+# ring attention across 1/2/4 MPI ranks goes to ring_mpi.txt.
 #
 #   scripts/bench.sh [--quick] [--filter REGEX] [--build-dir DIR] [--out DIR]
 #
@@ -30,7 +31,7 @@ while [[ $# -gt 0 ]]; do
     --build-dir=*) build_dir=${1#*=} ;;
     --out) need_value "$@"; out=$2; shift ;;
     --out=*) out=${1#*=} ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -38,7 +39,7 @@ done
 
 # shellcheck source=scripts/deps.sh
 source "$root/scripts/deps.sh"
-ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" gnuplot-nox python3
+ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" "${ATTNKIT_MPI_PACKAGES[@]}" gnuplot-nox python3
 
 stamp=$(date +%Y%m%d-%H%M%S)
 default_out=0
@@ -79,6 +80,24 @@ for b in "${benches[@]}"; do
   echo "== run $name"
   "$b" "${bench_args[@]}" --benchmark_out="$out/$name.json" </dev/null | tee "$out/$name.txt"
 done
+
+# Ring attention across MPI ranks (bench/ring_mpi.cpp, a standalone program: one process
+# per rank). 1, 2 and 4 ranks of one thread on this machine; more ranks x threads than
+# cores is printed as OVERSUBSCRIBED. Written to ring_mpi.txt (not part of report.md).
+if [[ -x "$build_dir/bench/ring_mpi" && ( -z "$filter" || "ring" =~ $filter ) ]]; then
+  ring_args=()
+  [[ $quick -eq 1 ]] && ring_args+=(--quick)
+  : > "$out/ring_mpi.txt"
+  for np in 1 2 4; do
+    for layout in contiguous zigzag; do
+      [[ $np -eq 1 && $layout == zigzag ]] && continue  # one rank: the layouts coincide
+      echo "== run ring_mpi ($np ranks, $layout)"
+      OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        mpiexec -np "$np" --oversubscribe --bind-to none "$build_dir/bench/ring_mpi" --layout "$layout" \
+        "${ring_args[@]}" </dev/null | tee -a "$out/ring_mpi.txt"
+    done
+  done
+fi
 
 echo "== report"
 python3 "$root/scripts/bench_report.py" "$out"
