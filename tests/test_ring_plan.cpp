@@ -6,7 +6,7 @@
 //     ring uses, blocks in ring order) equals attention() on the whole sequence and
 //     the float64 oracle: contiguous and zig-zag, uneven and empty blocks, both causal
 //     alignments, window, ALiBi, softcap, sinks (counted once), masked rows, GQA,
-//     mask and bias in global key order, decode-sized query blocks.
+//     mask and bias in global key order, decode-sized query blocks, bfloat16 K/V.
 // Tolerance: 2e-5·max|oracle| for outputs, 2e-5 relative for LSE (the softmax
 // kernel's, test_softmax_oracle.cpp), against attention() and against the oracle.
 #include <catch2/catch.hpp>
@@ -89,12 +89,15 @@ TEST_CASE("ring pair visibility equals a brute-force search", "[ring][plan]") {
 }
 
 /// The ring in one process: rank by rank, blocks in ring order, then finish().
+/// `global_mask` [1, 1, Lq, Lk] and `global_bias` [1, Hq, Lq, Lk] are in global order.
 template <class KV = float>
 void simulate_and_check(const problem& p, const options& o, layout l, int P, const std::vector<index_t>& lq = {},
-                        const std::vector<index_t>& lk = {}, const std::vector<char>* global_mask = nullptr) {
+                        const std::vector<index_t>& lk = {}, const std::vector<char>* global_mask = nullptr,
+                        const std::vector<float>* global_bias = nullptr) {
   const ringtest::expected e = ringtest::whole(p, [&] {
     options w = o;
     if (global_mask) w.mask = bhsd(reinterpret_cast<const bool*>(global_mask->data()), 1, 1, p.Lq, p.Lk);
+    if (global_bias) w.bias = bhsd(global_bias->data(), 1, p.Hq, p.Lq, p.Lk);
     return w;
   }());
   std::vector<index_t> nq, nk;
@@ -113,6 +116,11 @@ void simulate_and_check(const problem& p, const options& o, layout l, int P, con
     if (global_mask) {
       mask = ringtest::take_rows(*global_mask, 1, 1, p.Lq, p.Lk, qruns);
       mine.mask = bhsd(reinterpret_cast<const bool*>(mask.data()), 1, 1, n, p.Lk);
+    }
+    std::vector<float> bias;
+    if (global_bias) {
+      bias = ringtest::take_rows(*global_bias, 1, p.Hq, p.Lq, p.Lk, qruns);
+      mine.bias = bhsd(static_cast<const float*>(bias.data()), 1, p.Hq, n, p.Lk);
     }
     std::vector<float> storage(7, 123.0f);  // reused storage starts with stale values
     distributed::detail::ring_accumulator acc(p.B, p.Hq, p.Dv, qruns, storage);
@@ -179,7 +187,7 @@ TEST_CASE("ring simulated in one process equals the whole-sequence call", "[ring
     }
 }
 
-TEST_CASE("ring simulation: uneven and empty blocks, decode rows, 16-bit K/V, mask", "[ring][simulation]") {
+TEST_CASE("ring simulation: uneven and empty blocks, decode rows, 16-bit K/V, mask, bias", "[ring][simulation]") {
   options o;
   o.causal = causal::bottom_right;
   const problem p(1, 4, 2, 60, 90, 32, 32, 34);
@@ -201,4 +209,9 @@ TEST_CASE("ring simulation: uneven and empty blocks, decode rows, 16-bit K/V, ma
   o.causal = causal::top_left;
   simulate_and_check(m, o, layout::zigzag, 4, {}, {}, &mask);
   simulate_and_check(m, o, layout::contiguous, 3, {}, {}, &mask);
+  // An additive bias per head, in global key order, with and without the mask.
+  const std::vector<float> bias = attnkit_test::randn(static_cast<std::size_t>(4 * 64 * 64), 38, 2.0f);
+  simulate_and_check(m, o, layout::zigzag, 3, {}, {}, nullptr, &bias);
+  o.causal = causal::none;
+  simulate_and_check(m, o, layout::contiguous, 4, {10, 0, 50, 4}, {}, &mask, &bias);
 }
