@@ -175,7 +175,9 @@ inline options pair_options(const options& user, const ring_plan& plan, const ch
 /// block index, never by arrival: slot 1 folds the blocks of ranks < own rank in
 /// ascending order, slot 0 the blocks of ranks >= own rank in ascending order, and
 /// finish() merges slot 1 then slot 0 — a fixed order for a given layout and rank
-/// count, so the output is bitwise independent of timing. The floats live in a
+/// count, so the output is bitwise independent of timing. A slot's first partial is
+/// written into it directly (merging it into the empty slot would copy it exactly),
+/// and an empty slot 1 is not merged at all. The floats live in a
 /// caller-owned vector that is reused from call to call (only grown), so repeated
 /// calls neither allocate nor page-fault.
 class ring_accumulator {
@@ -187,6 +189,7 @@ class ring_accumulator {
     for (const chunk& c : runs_) {
       const auto n = static_cast<std::size_t>(B_ * H_ * c.length);
       for (int s = 0; s < 2; ++s) {
+        filled_[s].push_back(0);
         o_at_[s].push_back(at);
         at += n * static_cast<std::size_t>(Dv_);
         lse_at_[s].push_back(at);
@@ -200,27 +203,28 @@ class ring_accumulator {
     at += static_cast<std::size_t>(B_ * H_ * max_rows_);
     if (storage.size() < at) storage.resize(at);
     data_ = storage.data();
-    // Empty accumulators: output 0, LSE −inf (merging into them is exact).
-    for (std::size_t run = 0; run < runs_.size(); ++run)
-      for (int s = 0; s < 2; ++s) {
-        std::fill(data_ + o_at_[s][run], data_ + lse_at_[s][run], 0.0f);
-        const auto n = static_cast<std::size_t>(B_ * H_ * runs_[run].length);
-        std::fill_n(data_ + lse_at_[s][run], n, -std::numeric_limits<float>::infinity());
-      }
   }
 
-  /// The buffer the local call of query run `run` writes (out view, LSE pointer).
-  tensor_view<float> partial_out(std::size_t run) noexcept {
-    return bhsd(data_ + partial_at_, B_, H_, runs_[run].length, Dv_);
+  /// Where the next local call of query run `run` for `slot` writes (out view, LSE):
+  /// the accumulator itself while it is empty — merging into an empty accumulator
+  /// (LSE −inf) would copy the partial exactly, so the copy is skipped — else the
+  /// partial buffer, merged by commit().
+  tensor_view<float> target_out(std::size_t run, int slot) noexcept {
+    return filled(slot, run) ? bhsd(data_ + partial_at_, B_, H_, runs_[run].length, Dv_) : view(slot, run);
   }
-  float* partial_lse() noexcept { return data_ + partial_lse_at_; }
+  float* target_lse(std::size_t run, int slot) noexcept {
+    return filled(slot, run) ? data_ + partial_lse_at_ : data_ + lse_at_[slot][run];
+  }
 
-  /// Merges the partial just computed for `run` into `slot` (exact for the first:
-  /// the empty accumulator has LSE −inf).
-  void merge(std::size_t run, int slot) {
+  /// Takes the partial just written to target_out(run, slot) into the accumulator.
+  void commit(std::size_t run, int slot) {
+    if (!filled(slot, run)) {
+      filled_[slot][run] = 1;
+      return;
+    }
     const auto acc = view(slot, run);
     float* L = data_ + lse_at_[slot][run];
-    merge_partials(acc, L, partial_out(run), partial_lse(), acc, L);
+    merge_partials(acc, L, bhsd(data_ + partial_at_, B_, H_, runs_[run].length, Dv_), data_ + partial_lse_at_, acc, L);
   }
 
   /// Final merge, sinks (counted once: Σ over keys, plus e^{sink}), the masked-row
@@ -231,7 +235,11 @@ class ring_accumulator {
     for (std::size_t run = 0; run < runs_.size(); ++run) {
       const auto acc = view(0, run);
       float* L = data_ + lse_at_[0][run];
-      merge_partials(view(1, run), data_ + lse_at_[1][run], acc, L, acc, L);
+      if (!filled(0, run)) {  // no visible block: the empty result, output 0 and LSE −inf
+        std::fill(data_ + o_at_[0][run], L, 0.0f);
+        std::fill_n(L, B_ * H_ * runs_[run].length, ninf);
+      }
+      if (filled(1, run)) merge_partials(view(1, run), data_ + lse_at_[1][run], acc, L, acc, L);
       const chunk& c = runs_[run];
       for (index_t b = 0; b < B_; ++b)
         for (index_t h = 0; h < H_; ++h)
@@ -257,10 +265,12 @@ class ring_accumulator {
   tensor_view<float> view(int slot, std::size_t run) noexcept {
     return bhsd(data_ + o_at_[slot][run], B_, H_, runs_[run].length, Dv_);
   }
+  bool filled(int slot, std::size_t run) const noexcept { return filled_[slot][run] != 0; }
 
   index_t B_, H_, Dv_, max_rows_ = 0;
   std::vector<chunk> runs_;
   std::vector<std::size_t> o_at_[2], lse_at_[2];
+  std::vector<char> filled_[2];  ///< per run: a partial has been written to the slot
   std::size_t partial_at_ = 0, partial_lse_at_ = 0;
   float* data_ = nullptr;
 };
@@ -278,10 +288,11 @@ int run_block(const softmax& pol, const ring_plan& plan, int mine, int src, cons
   for (std::size_t a = 0; a < qruns.size(); ++a)
     for (const chunk& kc : plan.k[static_cast<std::size_t>(src)]) {
       if (!plan.visible(user, qruns[a], kc)) continue;
-      const options o = pair_options(user, plan, qruns[a], kc, acc.partial_lse());
+      const int slot = src < mine ? 1 : 0;
+      const options o = pair_options(user, plan, qruns[a], kc, acc.target_lse(a, slot));
       attention<Arch>(pol, seq_slice(q, qruns[a].local, qruns[a].length), seq_slice(k, kc.local, kc.length),
-                      seq_slice(v, kc.local, kc.length), acc.partial_out(a), o);
-      acc.merge(a, src < mine ? 1 : 0);
+                      seq_slice(v, kc.local, kc.length), acc.target_out(a, slot), o);
+      acc.commit(a, slot);
       ++calls;
       between();
     }
