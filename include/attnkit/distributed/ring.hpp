@@ -41,7 +41,7 @@ namespace attnkit::distributed {
 /// Where one rank's time went in a ring_attention call (seconds, MPI_Wtime).
 struct ring_stats {
   double total_s = 0;    ///< the whole call
-  double check_s = 0;    ///< the collective argument and buffer checks
+  double check_s = 0;    ///< the collective checks, including waiting for the other ranks to arrive
   double compute_s = 0;  ///< local attention() calls and their merges
   double wait_s = 0;     ///< blocked in MPI_Waitall for the next block (communication not hidden)
   double finish_s = 0;   ///< final merge, sinks, writing out/lse
