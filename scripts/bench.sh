@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the benchmarks (Release, -march=native), run them, and write a report:
 # report.md (GFLOP/s and % of the FMA peak, decode GB/s vs the triad bandwidth, ratios
-# against the targets), throughput.png, throughput_variants.png and the raw JSON.
+# against the targets), throughput.png, throughput_variants.png and the raw JSON;
+# ring attention across 1/2/4 MPI ranks goes to ring_mpi.txt.
 #
 #   scripts/bench.sh [--quick] [--filter REGEX] [--build-dir DIR] [--out DIR]
 #
@@ -41,7 +42,7 @@ done
 
 # shellcheck source=scripts/deps.sh
 source "$root/scripts/deps.sh"
-ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" gnuplot-nox python3
+ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" "${ATTNKIT_MPI_PACKAGES[@]}" gnuplot-nox python3
 
 stamp=$(date +%Y%m%d-%H%M%S)
 default_out=0
@@ -103,6 +104,24 @@ done
 measure_limits end
 run_s=$((SECONDS - run_start))
 echo "time: build ${build_s} s, benchmarks ${run_s} s" >> "$out/meta.txt"
+
+# Ring attention across MPI ranks (bench/ring_mpi.cpp, a standalone program: one process
+# per rank). 1, 2 and 4 ranks of one thread on this machine; more ranks x threads than
+# cores is printed as OVERSUBSCRIBED. Written to ring_mpi.txt (not part of report.md).
+if [[ -x "$build_dir/bench/ring_mpi" && ( -z "$filter" || "ring" =~ $filter ) ]]; then
+  ring_args=()
+  [[ $quick -eq 1 ]] && ring_args+=(--quick)
+  : > "$out/ring_mpi.txt"
+  for np in 1 2 4; do
+    for layout in contiguous zigzag; do
+      [[ $np -eq 1 && $layout == zigzag ]] && continue  # one rank: the layouts coincide
+      echo "== run ring_mpi ($np ranks, $layout)"
+      OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        mpiexec -np "$np" --oversubscribe --bind-to none "$build_dir/bench/ring_mpi" --layout "$layout" \
+        "${ring_args[@]}" </dev/null | tee -a "$out/ring_mpi.txt"
+    done
+  done
+fi
 
 echo "== report"
 python3 "$root/scripts/bench_report.py" "$out"

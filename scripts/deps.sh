@@ -45,3 +45,6 @@ ATTNKIT_BUILD_PACKAGES=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenc
 
 # Sanitizer and fuzzing builds: Clang and its runtime libraries (ASan, UBSan, libFuzzer).
 ATTNKIT_CLANG_PACKAGES=(clang libclang-rt-14-dev)
+
+# MPI (Open MPI): attnkit/distributed/ring.hpp, its tests (mpiexec -np 2 / 4) and example.
+ATTNKIT_MPI_PACKAGES=(libopenmpi-dev openmpi-bin)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build attnkit and run the whole test suite (unit tests, examples, header
-# self-containment, find_package / add_subdirectory consumers, benchmark smoke test).
+# self-containment, find_package / add_subdirectory consumers, benchmark smoke test,
+# ring attention under mpiexec with 2 and 4 ranks).
 #
 #   scripts/test.sh [--sanitize] [--build-dir DIR]
 #
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     --sanitize) sanitize=1 ;;
     --build-dir) [[ $# -ge 2 ]] || { echo "error: --build-dir needs a value" >&2; exit 2; }; build_dir=$2; shift ;;
     --build-dir=*) build_dir=${1#*=} ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -29,7 +30,8 @@ done
 
 # shellcheck source=scripts/deps.sh
 source "$root/scripts/deps.sh"
-ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" python3  # python3: the bench_report test
+# python3: the bench_report test; Open MPI: the ring-attention tests
+ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" python3 "${ATTNKIT_MPI_PACKAGES[@]}"
 [[ $sanitize -eq 1 ]] && ensure_packages "${ATTNKIT_CLANG_PACKAGES[@]}"
 
 if [[ -z "$build_dir" ]]; then

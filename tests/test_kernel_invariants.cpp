@@ -181,6 +181,16 @@ TEST_CASE("merge_partials of two key halves equals the whole (prefill and decode
     CHECK(lm[0] == 0.5f);
     CHECK(lm[1] == ninf);
   }
+  SECTION("a NaN side makes the row NaN, also next to a fully-masked side") {
+    problem p(1, 1, 1, 3, 4, 8, 8, 5);
+    std::vector<float> o1(p.out_size(), 1.0f), o2(p.out_size(), std::numeric_limits<float>::quiet_NaN()),
+        m(p.out_size());
+    const float ninf = -std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    float l1[3] = {ninf, 0.5f, nan}, l2[3] = {nan, nan, ninf}, lm[3];
+    merge_partials(p.ov(o1), l1, p.ov(o2), l2, p.ov(m), lm);
+    for (float x : m) CHECK(std::isnan(x));
+    for (float x : lm) CHECK(std::isnan(x));
+  }
 }
 
 TEMPLATE_TEST_CASE("16-bit K/V storage equals float K/V holding the same values", "[dtype]", bfloat16, float16) {

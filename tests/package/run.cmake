@@ -22,7 +22,7 @@ endfunction()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(configure_args -G "${GENERATOR}" -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=${CONFIG}
-                   -DEXPECT_EIGEN=${EXPECT_EIGEN})
+                   -DEXPECT_EIGEN=${EXPECT_EIGEN} -DEXPECT_MPI=${EXPECT_MPI})
 if(LAUNCHER)
   list(APPEND configure_args -DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER})
 endif()

@@ -22,27 +22,33 @@ struct key_range {
 };
 
 /// Per-(batch) facts the analytic mask needs: the batch's real key length and the
-/// bottom-right offset Δ = lk − Lq.
+/// offset Δ between query row i and the key it is aligned with (i + Δ).
 struct batch_keys {
   index_t lk = 0;     ///< valid keys of this batch (key_lengths[b] or Lk)
-  index_t delta = 0;  ///< lk − Lq
+  index_t delta = 0;  ///< lk − Lq, or positions.query − positions.key when set
+  /// Δ of the causal test: 0 for top-left alignment without positions, else delta.
+  index_t causal_delta = 0;
 };
 
+/// The one place Δ is computed: every kernel, the decode path and the oracle take it
+/// from here (options.positions is validated, so the subtraction cannot overflow).
 inline batch_keys keys_of_batch(const options& opt, index_t b, index_t q_len, index_t k_len) noexcept {
   const index_t lk = opt.key_lengths.empty() ? k_len : opt.key_lengths[static_cast<std::size_t>(b)];
-  return {lk, lk - q_len};
+  const index_t delta = opt.positions ? opt.positions->query - opt.positions->key : lk - q_len;
+  return {lk, delta, opt.causal == causal::top_left && !opt.positions ? 0 : delta};
 }
 
 /// Keys allowed to query row i by causal alignment, window and key length. The
 /// window sides may be anything up to INT64_MAX (a natural "unbounded"), so the
-/// bounds saturate instead of wrapping (core/checked.hpp).
+/// bounds saturate instead of wrapping (core/checked.hpp). An empty range is
+/// returned as [lo, lo) with lo inside [0, lk].
 inline key_range analytic_range(const options& opt, batch_keys bk, index_t i) noexcept {
-  const index_t p = i + bk.delta;  // the query's position; |p| <= max(Lq, Lk)
+  const index_t p = i + bk.delta;  // the query's position (|Δ| validated: no overflow)
   index_t lo = 0, hi = bk.lk;      // key length
-  if (opt.causal == causal::top_left) hi = std::min(hi, i + 1);
-  if (opt.causal == causal::bottom_right) hi = std::min(hi, p + 1);
+  if (opt.causal != causal::none) hi = std::min(hi, i + bk.causal_delta + 1);
   if (opt.window.left >= 0) lo = std::max(lo, detail::sat_sub(p, opt.window.left));
   if (opt.window.right >= 0) hi = std::min(hi, detail::sat_add(detail::sat_add(p, opt.window.right), 1));
+  lo = std::min(lo, bk.lk);  // positions can put the window past the last key
   if (hi < lo) hi = lo;
   return {lo, hi};
 }

@@ -14,7 +14,8 @@ namespace attnkit {
 
 class workspace;
 
-/// Causal alignment; the two differ when Lq != Lk (Δ = Lk − Lq).
+/// Causal alignment; the two differ when Lq != Lk (Δ = Lk − Lq). With
+/// options.positions set both mean "key position <= query position".
 enum class causal : std::uint8_t {
   none,          ///< every key visible
   top_left,      ///< key j visible to query i iff j <= i (PyTorch is_causal)
@@ -28,6 +29,23 @@ struct window {
   index_t right = -1;
   constexpr bool active() const noexcept { return left >= 0 || right >= 0; }
 };
+
+/// Global positions of a call's first query row and first key (a block of a longer
+/// sequence: chunked prefill, context-parallel ring attention). Query row i sits at
+/// position `query + i`, key j at `key + j`. When set, Δ = query − key replaces the
+/// alignment's Δ everywhere: either causal alignment allows key j iff
+/// key + j <= query + i, the window is taken around the query position and ALiBi
+/// uses the position distance |(query + i) − (key + j)|. |Δ| must not exceed
+/// max_position_delta. Softmax and sigmoid only (sparse, permutation and
+/// kernelised policies reject it).
+struct positions {
+  index_t query = 0;
+  index_t key = 0;
+};
+
+/// Largest |positions.query − positions.key| accepted (2^61): i + Δ ± a window then
+/// stays far inside int64 for any tensor extent.
+inline constexpr index_t max_position_delta = index_t{1} << 61;
 
 /// What a query row with no visible key produces.
 enum class masked_rows : std::uint8_t {
@@ -57,6 +75,9 @@ struct options {
   /// Logit soft-capping c·tanh(s/c) applied to τ·q·k before bias/ALiBi; 0 = off.
   float softcap = 0.0f;
   attnkit::masked_rows masked_rows = attnkit::masked_rows::zero;
+  /// Global positions of this call's first query row and key; unset: the alignment's
+  /// Δ (see attnkit::positions).
+  std::optional<attnkit::positions> positions{};
   /// Worker threads; 0 = ATTNKIT_NUM_THREADS or the hardware concurrency.
   int num_threads = 0;
   /// Optional output: log-sum-exp of each row's logits, contiguous [B, Hq, Lq] floats

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 
@@ -134,6 +135,25 @@ void check_broadcastable(const std::string& name, const tensor_view<T>& m, index
   check_unit_dim_stride(name, m);
 }
 
+/// options.positions: Δ = query − key computed without overflow and |Δ| <= max_position_delta.
+inline void check_positions(const options& opt) {
+  if (!opt.positions) return;
+  const index_t a = opt.positions->query, b = opt.positions->key;
+  constexpr index_t lo = std::numeric_limits<index_t>::min(), hi = std::numeric_limits<index_t>::max();
+  const bool overflows = (b > 0 && a < lo + b) || (b < 0 && a > hi + b);  // a − b outside int64
+  if (overflows || a - b > max_position_delta || a - b < -max_position_delta)
+    fail("options.positions", "query - key",
+         "|query - key| <= " + std::to_string(max_position_delta) + " (query " + std::to_string(opt.positions->query) +
+             ", key " + std::to_string(opt.positions->key) + ")",
+         overflows ? std::string("a distance beyond int64") : std::to_string(a - b));
+}
+
+/// Families that compute positions of their own (sparse patterns, permutations,
+/// kernelised prefixes) do not take options.positions yet.
+inline void reject_positions(const options& opt, const char* who) {
+  if (opt.positions) fail("options.positions", "", std::string("unset (not supported by ") + who + ")", "positions");
+}
+
 }  // namespace detail
 
 /// Shape facts of a validated call.
@@ -185,6 +205,7 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   if (!(opt.softcap >= 0.0f) || !std::isfinite(opt.softcap))
     fail("options.softcap", "", ">= 0 and finite (0 = off)", opt.softcap);
   if (opt.num_threads < 0) fail("options.num_threads", "", ">= 0 (0 = automatic)", opt.num_threads);
+  detail::check_positions(opt);
   detail::check_broadcastable("options.mask", opt.mask, s.batch, s.q_heads, s.q_len, s.k_len);
   detail::check_broadcastable("options.bias", opt.bias, s.batch, s.q_heads, s.q_len, s.k_len);
   if (!opt.key_lengths.empty()) {

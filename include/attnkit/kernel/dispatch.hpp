@@ -41,12 +41,14 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     using inner = decltype(pol.inner);
     static_assert(check_weight_function<inner>());
     check_weight_options<inner>(opt);
+    reject_positions(opt, "sparse patterns");
     pattern::check_arguments(pol.pattern, shape, opt);  // before the observer hears of the call
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
     static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
+    reject_positions(opt, "stochastic permutation attention");
     check_permutation_arguments(pol, shape);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     const auto perms = policy_permutations(pol, shape.k_len, shape.kv_heads, ws);  // kept alive for the call

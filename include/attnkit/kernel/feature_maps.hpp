@@ -239,6 +239,7 @@ inline void check_kernelized_options(const options& opt, const char* what) {
   if (opt.softcap > 0.0f) fail("options.softcap", "", "0 (" + w + ")", opt.softcap);
   if (!opt.sinks.empty()) fail("options.sinks", "", "empty (" + w + ")", opt.sinks.size());
   if (opt.lse) fail("options.lse", "", "nullptr (" + w + ")", "a pointer");
+  reject_positions(opt, what);
 }
 
 template <class Arch, class F, class KV>

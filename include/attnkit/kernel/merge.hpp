@@ -16,7 +16,8 @@ namespace attnkit {
 /// Merges (o1, lse1) and (o2, lse2) — each [B, H, L, Dv] with LSE contiguous
 /// [B, H, L] — into (out, lse_out). `out` may alias o1 or o2 (element-wise update)
 /// and lse_out may alias lse1 or lse2. A side with LSE = −inf contributes nothing; if
-/// both are −inf the row is 0 with LSE −inf (the fully-masked convention).
+/// both are −inf the row is 0 with LSE −inf (the fully-masked convention). A NaN LSE
+/// on either side (a row that saw a NaN logit) makes the merged row and LSE NaN.
 inline void merge_partials(tensor_view<const float> o1, const float* lse1, tensor_view<const float> o2,
                            const float* lse2, tensor_view<float> out, float* lse_out) {
   detail::check_view_basics("o1", o1);
@@ -37,7 +38,8 @@ inline void merge_partials(tensor_view<const float> o1, const float* lse1, tenso
       for (index_t i = 0; i < o1.seq(); ++i) {
         const index_t r = (b * o1.heads() + h) * o1.seq() + i;
         const float a = lse1[r], c = lse2[r];
-        const float m = std::max(a, c);
+        // std::max would drop a NaN next to −inf; a NaN row must stay NaN.
+        const float m = std::isnan(a) || std::isnan(c) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, c);
         float w1 = 0.0f, w2 = 0.0f, lse = ninf;
         if (m != ninf) {
           const float e1 = std::exp(a - m), e2 = std::exp(c - m);

@@ -158,11 +158,11 @@ inline void row_entropy(result& res, index_t r, std::span<const double> visible_
 /// oracle checks it).
 inline bool option_allows(const options& opt, const batch_keys& bk, index_t b, index_t h, index_t i, index_t j) {
   if (j >= bk.lk) return false;
-  const index_t delta = bk.delta;  // lk − Lq
+  const index_t delta = bk.delta;  // lk − Lq, or positions.query − positions.key
   switch (opt.causal) {
     case causal::none: break;
-    case causal::top_left:
-      if (j > i) return false;
+    case causal::top_left:  // with positions: key position <= query position
+      if (j > i + (opt.positions ? delta : 0)) return false;
       break;
     case causal::bottom_right:
       if (j > i + delta) return false;
@@ -213,6 +213,7 @@ inline void reject_elementwise_options(const options& opt, const char* variant) 
   if (opt.softcap > 0.0f) fail("options.softcap", "", why, opt.softcap);
   if (!opt.sinks.empty()) fail("options.sinks", "", why, opt.sinks.size());
   if (opt.lse) fail("options.lse", "", why, "a pointer");
+  attnkit::detail::reject_positions(opt, variant);
 }
 
 }  // namespace detail

@@ -252,6 +252,7 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
                  const extras& ex = {}) {
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
   pattern::check_arguments(pol.pattern, sh, opt);
+  attnkit::detail::reject_positions(opt, "sparse patterns");
   return detail::run_quadratic(pol.inner, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
     const index_t Lq = sh.q_len, Lk = sh.k_len;
     if constexpr (std::is_same_v<P, pattern::top_k>) {
@@ -282,6 +283,7 @@ result attention(const stochastic_permutation& pol, const std::vector<std::vecto
   const problem_shape sh = validate_call(q, k, v, out, opt, false);
   attnkit::detail::check_permutation_arguments(pol, sh);
   detail::check_permutations(perms, sh);
+  attnkit::detail::reject_positions(opt, "stochastic permutation attention");
   return detail::run_quadratic(softmax{}, q, k, v, out, opt, sh, ex, [&](index_t, index_t h, std::vector<double>& L) {
     const auto& p = perms.size() == 1 ? perms[0] : perms[static_cast<std::size_t>(h / sh.group())];
     detail::rank_window(p, pol.kind, pol.window, sh.k_len, L);

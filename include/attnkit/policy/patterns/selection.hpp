@@ -2,7 +2,7 @@
 /// \file
 /// Data-dependent key selection: top_k keys per query and FlexPrefill-style block
 /// selection. Their kernels look at the scores before the attention pass
-/// (kernel/selection_top_k.hpp, kernel/selection_flex_prefill.hpp); selections are
+/// (kernel/sparse/top_k.hpp, kernel/sparse/flex_prefill.hpp); selections are
 /// treated as constants of the call (no gradient flows through the choice).
 #include <cmath>
 #include <string>
