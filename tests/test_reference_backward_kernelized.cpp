@@ -129,6 +129,39 @@ TEST_CASE("backward oracle, LLN: moment-matched alpha and beta are constants of 
   for (int t = 0; t < 3; ++t) CHECK(reftest::max_diff(a[t].x, b[t].x) == 0.0);
 }
 
+TEST_CASE("backward oracle, kernelised: exact zeros for empty rows, padded and unseen keys", "[reference][backward][linear]") {
+  problem p = standard(750);  // Lq = 7 < Lk = 11: top-left causal rows see keys 0..i only
+  const std::int64_t lens[2] = {0, 9};
+  options o;
+  o.causal = causal::top_left;
+  o.key_lengths = lens;
+  log_normal lln;
+  lln.alpha = 0.5;
+  lln.beta = 0.5;
+  auto check = [&](const auto& r) {
+    bwdtest::tensor4 dq(p.q.e, p.lay, 0, 0), dk(p.k.e, p.lay, 0, 0), dv(p.v.e, p.lay, 0, 0);
+    for (auto* t : {&dq, &dk, &dv}) std::fill(t->x.begin(), t->x.end(), bwdtest::nan);
+    r.backward(p, o, {}, dq, dk, dv);
+    for (index_t g = 0; g < p.Hkv; ++g)
+      for (index_t j = 0; j < p.Lk; ++j) {
+        const bool hidden_b0 = true, hidden_b1 = j >= 7;  // batch 0: no key; batch 1: keys ≥ Lq unseen
+        for (index_t b = 0; b < 2; ++b) {
+          if (!(b == 0 ? hidden_b0 : hidden_b1)) continue;
+          for (index_t d = 0; d < p.D; ++d) CHECK(dk.x[dk.at(b, g, j, d)] == 0.0);
+          for (index_t d = 0; d < p.Dv; ++d) CHECK(dv.x[dv.at(b, g, j, d)] == 0.0);
+        }
+      }
+    for (index_t h = 0; h < p.Hq; ++h)
+      for (index_t i = 0; i < p.Lq; ++i)
+        for (index_t d = 0; d < p.D; ++d) CHECK(dq.x[dq.at(0, h, i, d)] == 0.0);
+    for (const auto* t : {&dq, &dk, &dv})
+      for (double x : t->x) CHECK(std::isfinite(x));
+  };
+  check(bwdtest::run(linear{feature::elu_plus_one{}}));
+  check(bwdtest::run(linear{feature::cosformer{}}));
+  check(bwdtest::run(lln));
+}
+
 TEST_CASE("backward oracle, kernelised: dropout, lse and the regulariser are refused", "[reference][backward][linear]") {
   problem p = standard(800);
   bwdtest::tensor4 dq(p.q.e, p.lay, 0, 0), dk(p.k.e, p.lay, 0, 0), dv(p.v.e, p.lay, 0, 0);
