@@ -5,7 +5,8 @@
 // finite differences of the forward oracle (backward_util.hpp: step 2^-17,
 // |analytic − FD| ≤ 1e-7·(1 + |analytic|) per element). Also: each feature map's
 // vjp against finite differences of the map itself, and the documented constants
-// (moment-matched α, β are held fixed; dropout is refused).
+// (moment-matched α, β are held fixed; dropout is refused), and a user's feature
+// map with its own vjp.
 #include "backward_util.hpp"
 
 using namespace attnkit;
@@ -16,6 +17,31 @@ using bwdtest::problem;
 namespace {
 
 problem standard(std::uint64_t seed, layout l = layout::bhsd) { return problem(2, 4, 2, 7, 11, 5, 3, seed, l); }
+
+/// A user's feature map, defined here: φ(x) = [softplus(x), softplus(−x)] (2d
+/// features), with the vjp the backward needs.
+struct softplus_pair {
+  index_t output_dim(index_t d) const { return 2 * d; }
+  template <class T>
+  void operator()(const T* x, index_t d, const feature::context&, T* out) const {
+    for (index_t i = 0; i < d; ++i) out[i] = math::softplus(x[i]), out[d + i] = math::softplus(-x[i]);
+  }
+  template <class T>
+  void vjp(const T* x, index_t d, const feature::context&, const T* dphi, T* dx) const {
+    for (index_t i = 0; i < d; ++i) dx[i] += dphi[i] * math::sigmoid(x[i]) - dphi[d + i] * math::sigmoid(-x[i]);
+  }
+};
+
+/// The same map without vjp: usable forward, not differentiable.
+struct softplus_pair_forward_only {
+  index_t output_dim(index_t d) const { return 2 * d; }
+  template <class T>
+  void operator()(const T* x, index_t d, const feature::context& c, T* out) const {
+    softplus_pair{}(x, d, c, out);
+  }
+};
+static_assert(feature::differentiable<softplus_pair> && feature::feature_map<softplus_pair_forward_only> &&
+              !feature::differentiable<softplus_pair_forward_only>);
 
 template <class F>
 void linear_cases(const F& phi, bool normalize, std::uint64_t seed) {
@@ -76,6 +102,7 @@ TEST_CASE("feature maps: vjp is the transposed Jacobian of operator()", "[refere
     vjp_matches_map(feature::favor_plus{proj.data(), 7}, 5, c, 4);
     vjp_matches_map(feature::cosformer{}, 5, c, 5);
     vjp_matches_map(feature::cosformer{20}, 5, c, 6);
+    vjp_matches_map(softplus_pair{}, 5, c, 7);
   }
   static_assert(feature::differentiable<feature::elu_plus_one> && feature::differentiable<feature::favor_plus> &&
                 feature::differentiable<feature::cosformer, float>);
@@ -90,6 +117,7 @@ TEST_CASE("backward oracle, linear attention: every built-in feature map", "[ref
   SECTION("FAVOR+, normalised") { linear_cases(feature::favor_plus{proj.data(), 6}, true, 540); }
   SECTION("cosFormer, normalised") { linear_cases(feature::cosformer{}, true, 550); }
   SECTION("cosFormer max_len 16, unnormalised") { linear_cases(feature::cosformer{16}, false, 560); }
+  SECTION("a user's feature map with vjp") { linear_cases(softplus_pair{}, true, 570); }
 }
 
 TEST_CASE("backward oracle, log-normal attention with alpha and beta given", "[reference][backward][lln]") {
