@@ -115,6 +115,20 @@ TEST_CASE("backward oracle: band penalty gradients (squared and hinge)", "[refer
       const auto theta = thresholds(head_entropies(softmax{}, p, o), 0.2 * std::log(11.0));
       const auto r = bwdtest::run(softmax{}, regularizer::entropy_band(theta, {0.5, 0.2, 0.0, form}));
       check_fd(r, p, o, "band");
+      // d(λR)/dθ_h against finite differences of regularizer_value.
+      bwdtest::tensor4 dq(p.q.e, p.lay, 0, 0), dk(p.k.e, p.lay, 0, 0), dv(p.v.e, p.lay, 0, 0);
+      const auto res = r.backward(p, o, {}, dq, dk, dv);
+      REQUIRE(res.dtheta.size() == theta.size());
+      auto th = theta;
+      for (std::size_t h = 0; h < th.size(); ++h) {
+        const double fd = bwdtest::central(th[h], [&] {
+          return reference::regularizer_value(softmax{}, p.q.cview(), p.k.cview(), o,
+                                              regularizer::entropy_band(th, {0.5, 0.2, 0.0, form}));
+        });
+        CHECK(std::abs(res.dtheta[h] - fd) <= bwdtest::fd_tol * (1 + std::abs(res.dtheta[h])));
+        if (h % 2 == 1) CHECK(res.dtheta[h] == 0.0);  // inside the band
+        else CHECK(res.dtheta[h] != 0.0);
+      }
     }
     options o;
     const auto theta = thresholds(head_entropies(softmax{}, p, o), 0.1 * 1.7);

@@ -28,6 +28,8 @@ struct backward_result {
   std::vector<double> dbias;
   /// λ·R of the call: the regulariser's value whose gradient was added (0 without one).
   double regularizer = 0.0;
+  /// entropy_band only: ∂(λR)/∂θ_h, [Hq] (for learned thresholds θ_h = w_h·E_max).
+  std::vector<double> dtheta;
 };
 
 namespace detail {
@@ -106,15 +108,17 @@ void logits_backward(const tensor_view<TQ>& q, const tensor_view<TK>& k, const o
 /// The call's regulariser from its logits: `logits_of(b, h, L)` fills head (b, h)'s
 /// final logits (−inf = masked) exactly as the forward builds them. Returns λ·R as
 /// observe/regularizer.hpp defines it over the call's rows (see regularizer); when
-/// `grad` is non-null, fills it [B, Hq, Lq, Lk] with ∂(λR)/∂s (0 on masked logits).
+/// `grad` is non-null, fills it [B, Hq, Lq, Lk] with ∂(λR)/∂s (0 on masked logits),
+/// and `dtheta` (if non-null, band only) with ∂(λR)/∂θ.
 template <class Logits>
 double regularizer_of_logits(const problem_shape& sh, const regularizer& reg, Logits&& logits_of,
-                             std::vector<double>* grad) {
+                             std::vector<double>* grad, std::vector<double>* dtheta = nullptr) {
   const index_t Lq = sh.q_len, Lk = sh.k_len, H = sh.q_heads, B = sh.batch;
   const auto head = static_cast<std::size_t>(Lq * Lk);
   if (grad) grad->assign(static_cast<std::size_t>(B * H) * head, 0.0);
   if (!reg.active()) return 0.0;
   const bool no_rows = B * H * Lq == 0 || Lk == 0;
+  if (dtheta && reg.kind == regularizer_kind::entropy_band) dtheta->assign(static_cast<std::size_t>(H), 0.0);
   if (no_rows) return reg.kind == regularizer_kind::entropy_band ? 0.0 : std::numeric_limits<double>::quiet_NaN();
   std::vector<double> all(static_cast<std::size_t>(B * H) * head), L;  // [B, Hq, Lq, Lk]
   for (index_t b = 0; b < B; ++b)
@@ -140,7 +144,9 @@ double regularizer_of_logits(const problem_shape& sh, const regularizer& reg, Lo
     hg[static_cast<std::size_t>(h)].assign(x.size(), 0.0);
     heads.push_back({x, Lk, {}, grad ? std::span<double>(hg[static_cast<std::size_t>(h)]) : std::span<double>{}});
   }
-  const double value = entropy_band_penalty(heads, reg.theta, reg.band());
+  if (dtheta) dtheta->assign(static_cast<std::size_t>(H), 0.0);
+  const double value =
+      entropy_band_penalty(heads, reg.theta, reg.band(), dtheta ? std::span<double>(*dtheta) : std::span<double>{});
   if (grad)
     for (index_t h = 0; h < H; ++h)
       for (index_t b = 0; b < B; ++b)

@@ -117,7 +117,8 @@ backward_result run_quadratic_backward(const W& pol, const tensor_view<TQ>& q, c
     restrict(b, h, L);
   };
   std::vector<double> R;  // λ·∂R/∂s of the whole call, [B, Hq, Lq, Lk]
-  res.regularizer = regularizer_of_logits(sh, bo.reg, logits_of, bo.reg.active() ? &R : nullptr);
+  res.regularizer = regularizer_of_logits(sh, bo.reg, logits_of, bo.reg.active() ? &R : nullptr,
+                                          bo.reg.kind == regularizer_kind::entropy_band ? &res.dtheta : nullptr);
   const auto head = static_cast<std::size_t>(sh.q_len * sh.k_len);
   std::vector<double> L, dS;
   for (index_t b = 0; b < sh.batch; ++b)
