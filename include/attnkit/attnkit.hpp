@@ -11,12 +11,15 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#include "core/backward_options.hpp"
+#include "core/dropout.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/mask.hpp"
 #include "core/options.hpp"
 #include "core/tensor_view.hpp"
 #include "core/validate.hpp"
+#include "core/validate_backward.hpp"
 #include "core/version.hpp"
 #include "kernel/dispatch.hpp"
 #include "kernel/entropy_diagnostic.hpp"
@@ -36,6 +39,7 @@
 #include "policy/softmax.hpp"
 #include "policy/sparse.hpp"
 #include "policy/stochastic_permutation.hpp"
+#include "policy/traits.hpp"
 #include "simd/arch.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)

@@ -53,6 +53,21 @@ enum class masked_rows : std::uint8_t {
   nan,   ///< output NaN, LSE −inf (plain softmax of an all −inf row).
 };
 
+/// Dropout on the attention weights (training): after normalisation and before
+/// P·V, each weight p_ij is kept with probability 1 − p and scaled by 1/(1 − p)
+/// (PyTorch / FlashAttention semantics). The keep decision of element (b, h, i, j)
+/// is a pure function of (seed, offset, b, h, i, j) through Philox-4x32-10
+/// (core/dropout.hpp): no mask is stored, the forward and the backward draw the same
+/// mask, and any thread count gives the same one. Advance `offset` (or change `seed`)
+/// between calls that must drop differently. p = 0: off. The kernels do not implement
+/// dropout yet (attention() rejects p != 0); the float64 oracle does.
+struct dropout {
+  float p = 0.0f;  ///< drop probability, in [0, 1)
+  std::uint64_t seed = 0;
+  std::uint64_t offset = 0;
+  constexpr bool active() const noexcept { return p != 0.0f; }
+};
+
 /// Options of one attention call. All fields have safe defaults.
 struct options {
   /// Logit scale τ; unset = 1/sqrt(D) for softmax/sigmoid (linear-family policies
@@ -78,6 +93,8 @@ struct options {
   /// Global positions of this call's first query row and key; unset: the alignment's
   /// Δ (see attnkit::positions).
   std::optional<attnkit::positions> positions{};
+  /// Dropout on the attention weights (see attnkit::dropout); p = 0: none.
+  attnkit::dropout dropout{};
   /// Worker threads; 0 = ATTNKIT_NUM_THREADS or the hardware concurrency.
   int num_threads = 0;
   /// Optional output: log-sum-exp of each row's logits, contiguous [B, Hq, Lq] floats

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "checked.hpp"
+#include "dropout.hpp"
 #include "error.hpp"
 #include "options.hpp"
 #include "tensor_view.hpp"
@@ -164,7 +165,8 @@ struct problem_shape {
 
 /// Validates q/k/v/out/options of an attention call; throws invalid_argument_error
 /// naming the argument and the expected vs actual value. `require_contiguous_dim`
-/// is true for the SIMD kernels (the reference oracle accepts any stride).
+/// is true for the SIMD kernels (the reference oracle accepts any stride); those
+/// calls also reject options.dropout, which only the oracle implements so far.
 template <class TQ, class TK, class TV, class TO>
 problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                             const tensor_view<TO>& out, const options& opt, bool require_contiguous_dim = true) {
@@ -206,6 +208,10 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
     fail("options.softcap", "", ">= 0 and finite (0 = off)", opt.softcap);
   if (opt.num_threads < 0) fail("options.num_threads", "", ">= 0 (0 = automatic)", opt.num_threads);
   detail::check_positions(opt);
+  detail::check_dropout(opt.dropout, s.batch, s.q_heads, s.q_len, s.k_len);
+  if (require_contiguous_dim && opt.dropout.active())  // the kernels' calls; the oracle implements dropout
+    fail("options.dropout", "p", "0 (dropout is not supported by the kernel yet; reference::attention implements it)",
+         opt.dropout.p);
   detail::check_broadcastable("options.mask", opt.mask, s.batch, s.q_heads, s.q_len, s.k_len);
   detail::check_broadcastable("options.bias", opt.bias, s.batch, s.q_heads, s.q_len, s.k_len);
   if (!opt.key_lengths.empty()) {

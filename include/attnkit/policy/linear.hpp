@@ -7,7 +7,8 @@
 /// per-head decay λ the weights are w_ij = λ^{p_i−1−j}, i.e. the recurrence
 /// S_i = λ S_{i−1} + φ(k_i)v_iᵀ (Lightning/RetNet style). Decay needs causal masking.
 /// Feature maps are value types; user functors (e.g. learned Hedgehog maps) satisfy
-/// the `feature_map` concept.
+/// the `feature_map` concept, and for the backward pass the `differentiable` one
+/// (a `vjp` member).
 #include <algorithm>
 #include <cmath>
 #include <concepts>
@@ -47,12 +48,28 @@ concept feature_map = std::copyable<F> && requires(const F& f, const T* x, T* ou
   f(x, d, c, out);
 };
 
+/// A feature map the backward pass can differentiate: it also has
+///   void vjp(const T* x, index_t d, const context&, const T* dphi, T* dx) const
+///       dx[0..d) += Jᵀ·dphi, J = ∂φ(x)/∂x the M × d Jacobian at x (dphi: M values).
+/// Every built-in map has it; a user's map needs it for attention_backward (the
+/// oracle reference::attention_backward says so at compile time). The context is
+/// the forward's (positions, τ) and is a constant of the call. At a kink (relu at
+/// 0) the maps use the one-sided derivative of their `operator()` branch.
+template <class F, class T = double>
+concept differentiable = feature_map<F, T> && requires(const F& f, const T* x, const T* g, T* dx, index_t d,
+                                                       const context& c) { f.vjp(x, d, c, g, dx); };
+
 /// φ(x) = elu(x) + 1 (Katharopoulos et al. 2020). No 1/sqrt(D): options.scale is ignored.
 struct elu_plus_one {
   index_t output_dim(index_t d) const noexcept { return d; }
   template <class T>
   void operator()(const T* x, index_t d, const context&, T* out) const noexcept {
     for (index_t i = 0; i < d; ++i) out[i] = x[i] > T(0) ? x[i] + T(1) : std::exp(x[i]);
+  }
+  /// φ'(x) = 1 for x > 0, e^x otherwise.
+  template <class T>
+  void vjp(const T* x, index_t d, const context&, const T* dphi, T* dx) const noexcept {
+    for (index_t i = 0; i < d; ++i) dx[i] += dphi[i] * (x[i] > T(0) ? T(1) : std::exp(x[i]));
   }
 };
 
@@ -63,6 +80,12 @@ struct relu {
   void operator()(const T* x, index_t d, const context&, T* out) const noexcept {
     for (index_t i = 0; i < d; ++i) out[i] = x[i] > T(0) ? x[i] : T(0);
   }
+  /// φ'(x) = 1 for x > 0, 0 otherwise.
+  template <class T>
+  void vjp(const T* x, index_t d, const context&, const T* dphi, T* dx) const noexcept {
+    for (index_t i = 0; i < d; ++i)
+      if (x[i] > T(0)) dx[i] += dphi[i];
+  }
 };
 
 /// φ(x) = x (weights may be negative; use with normalize = false or with care).
@@ -72,6 +95,10 @@ struct identity {
   template <class T>
   void operator()(const T* x, index_t d, const context&, T* out) const noexcept {
     for (index_t i = 0; i < d; ++i) out[i] = x[i];
+  }
+  template <class T>
+  void vjp(const T*, index_t d, const context&, const T* dphi, T* dx) const noexcept {
+    for (index_t i = 0; i < d; ++i) dx[i] += dphi[i];
   }
 };
 
@@ -97,6 +124,26 @@ struct favor_plus {
       out[m] = static_cast<T>(std::exp(dot - 0.5 * sq) * norm);
     }
   }
+  /// ∂φ_m/∂x = φ_m·(s·w_m − s²·x), s = τ^{1/2}: dx += s·Σ_m g_m w_m − s²·x·Σ_m g_m, g_m = dphi_m·φ_m.
+  template <class T>
+  void vjp(const T* x, index_t d, const context& c, const T* dphi, T* dx) const noexcept {
+    const double s = std::sqrt(c.scale);
+    double sq = 0;
+    for (index_t i = 0; i < d; ++i) sq += (s * x[i]) * (s * x[i]);
+    const double norm = 1.0 / std::sqrt(static_cast<double>(num_features));
+    std::vector<double> acc(static_cast<std::size_t>(d), 0.0);
+    double gsum = 0;
+    for (index_t m = 0; m < num_features; ++m) {
+      const float* w = projection + m * d;
+      double dot = 0;
+      for (index_t i = 0; i < d; ++i) dot += static_cast<double>(w[i]) * (s * x[i]);
+      const double gm = static_cast<double>(dphi[m]) * std::exp(dot - 0.5 * sq) * norm;
+      gsum += gm;
+      for (index_t i = 0; i < d; ++i) acc[static_cast<std::size_t>(i)] += gm * static_cast<double>(w[i]);
+    }
+    for (index_t i = 0; i < d; ++i)
+      dx[i] += static_cast<T>(s * acc[static_cast<std::size_t>(i)] - s * s * static_cast<double>(x[i]) * gsum);
+  }
 };
 
 /// cosFormer re-weighting (Qin et al. 2022) on a ReLU base:
@@ -117,6 +164,15 @@ struct cosformer {
       out[i] = r * cs;
       out[d + i] = r * sn;
     }
+  }
+  /// The position is a constant: dx_i += relu'(x_i)·(dphi_i·cos + dphi_{d+i}·sin).
+  template <class T>
+  void vjp(const T* x, index_t d, const context& c, const T* dphi, T* dx) const noexcept {
+    const index_t M = max_len > 0 ? max_len : std::max(c.q_len, c.k_len);
+    const double a = std::numbers::pi * static_cast<double>(c.position) / (2.0 * static_cast<double>(std::max<index_t>(M, 1)));
+    const T cs = static_cast<T>(std::cos(a)), sn = static_cast<T>(std::sin(a));
+    for (index_t i = 0; i < d; ++i)
+      if (x[i] > T(0)) dx[i] += dphi[i] * cs + dphi[d + i] * sn;
   }
 };
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../core/checked.hpp"
+#include "../core/dropout.hpp"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "../core/mask.hpp"
@@ -52,6 +53,8 @@ struct extras {
 /// - `weights`, `logits` ([B, Hq, Lq, Lk], extras.keep_weights): the weights applied
 ///   to V (softmax p, sigmoid σ, linear w/(Σw+ε) or w) and the final logits (−inf =
 ///   masked; quadratic families only).
+/// With options.dropout, `out` uses the dropped weights (kept ones scaled by
+/// 1/(1 − p)); every diagnostic and `weights` describe the weights before dropout.
 struct result {
   problem_shape shape{};
   std::vector<double> lse, entropy, norm_entropy, mass, first_prob, sink_prob, topk_mass;
@@ -203,7 +206,8 @@ void head_logits(const tensor_view<TQ>& q, const tensor_view<TK>& k, const optio
   }
 }
 
-/// Options only the softmax/sigmoid families understand; kernelised variants reject them.
+/// Options only the softmax/sigmoid families understand (dropout included);
+/// kernelised variants reject them.
 inline void reject_elementwise_options(const options& opt, const char* variant) {
   const std::string why = std::string("unset (not supported by ") + variant + ")";
   if (opt.window.active()) fail("options.window", "", why, "a window");
@@ -214,6 +218,8 @@ inline void reject_elementwise_options(const options& opt, const char* variant) 
   if (!opt.sinks.empty()) fail("options.sinks", "", why, opt.sinks.size());
   if (opt.lse) fail("options.lse", "", why, "a pointer");
   attnkit::detail::reject_positions(opt, variant);
+  if (opt.dropout.active())
+    fail("options.dropout", "p", std::string("0 (") + variant + " has no attention-weight matrix to drop)", opt.dropout.p);
 }
 
 }  // namespace detail

@@ -163,6 +163,33 @@ double sample_std(const tensor_view<T>& t) {
   return std::sqrt(ss / (n - 1));
 }
 
+/// LLN features of head (b, h): phq [Lq × D] = exp(α q_i − max_d α q_id), phk
+/// [Lk × D] = exp(β k_j − max_{j'<lk, d} β k_j'd) for j < lk (the rest 0).
+template <class TQ, class TK>
+void lln_features(const lln_coefficients& c, const tensor_view<TQ>& q, const tensor_view<TK>& k,
+                  const problem_shape& sh, index_t b, index_t h, const batch_keys& bk, std::vector<double>& phq,
+                  std::vector<double>& phk) {
+  const index_t Lq = sh.q_len, Lk = sh.k_len, D = sh.head_dim, g = h / sh.group();
+  std::vector<double> x(static_cast<std::size_t>(D));
+  phq.assign(static_cast<std::size_t>(Lq * D), 0.0);
+  phk.assign(static_cast<std::size_t>(Lk * D), 0.0);
+  for (index_t i = 0; i < Lq; ++i) {
+    load(q, b, h, i, x.data());
+    double m = ninf;
+    for (index_t d = 0; d < D; ++d) m = std::max(m, c.alpha * x[static_cast<std::size_t>(d)]);
+    for (index_t d = 0; d < D; ++d) phq[static_cast<std::size_t>(i * D + d)] = std::exp(c.alpha * x[static_cast<std::size_t>(d)] - m);
+  }
+  double mk = ninf;
+  for (index_t j = 0; j < bk.lk; ++j) {
+    load(k, b, g, j, x.data());
+    for (index_t d = 0; d < D; ++d) mk = std::max(mk, c.beta * x[static_cast<std::size_t>(d)]);
+  }
+  for (index_t j = 0; j < bk.lk; ++j) {
+    load(k, b, g, j, x.data());
+    for (index_t d = 0; d < D; ++d) phk[static_cast<std::size_t>(j * D + d)] = std::exp(c.beta * x[static_cast<std::size_t>(d)] - mk);
+  }
+}
+
 inline index_t floor_div(index_t a, index_t b) noexcept { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 }  // namespace detail
@@ -260,23 +287,7 @@ result attention(const log_normal& pol, const tensor_view<TQ>& q, const tensor_v
     for (index_t h = 0; h < sh.q_heads; ++h) {
       const index_t g = h / sh.group();
       const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
-      phq.assign(static_cast<std::size_t>(Lq * D), 0.0);
-      phk.assign(static_cast<std::size_t>(Lk * D), 0.0);
-      for (index_t i = 0; i < Lq; ++i) {
-        detail::load(q, b, h, i, x.data());
-        double m = detail::ninf;
-        for (index_t d = 0; d < D; ++d) m = std::max(m, c.alpha * x[static_cast<std::size_t>(d)]);
-        for (index_t d = 0; d < D; ++d) phq[static_cast<std::size_t>(i * D + d)] = std::exp(c.alpha * x[static_cast<std::size_t>(d)] - m);
-      }
-      double mk = detail::ninf;
-      for (index_t j = 0; j < bk.lk; ++j) {
-        detail::load(k, b, g, j, x.data());
-        for (index_t d = 0; d < D; ++d) mk = std::max(mk, c.beta * x[static_cast<std::size_t>(d)]);
-      }
-      for (index_t j = 0; j < bk.lk; ++j) {
-        detail::load(k, b, g, j, x.data());
-        for (index_t d = 0; d < D; ++d) phk[static_cast<std::size_t>(j * D + d)] = std::exp(c.beta * x[static_cast<std::size_t>(d)] - mk);
-      }
+      detail::lln_features(c, q, k, sh, b, h, bk, phq, phk);
       detail::kernel_weights(phq, phk, D, opt, bk, Lq, Lk, 1.0, W, prefix);
       auto A = detail::normalize_rows(W, prefix, Lk, true, pol.eps);
       if (pol.diag) {

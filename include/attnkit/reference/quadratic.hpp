@@ -28,6 +28,7 @@ void finish_head(const W& pol, const tensor_view<TV>& v, const tensor_view<TO>& 
   const auto wp = attnkit::detail::resolve_weight(pol, weight_context{bk.lk, Lq, sh.head_dim});
   std::vector<double> acc(static_cast<std::size_t>(Dv)), vj(static_cast<std::size_t>(Dv)), w;
   const double fill = opt.masked_rows == masked_rows::nan ? qnan : 0.0;
+  const dropout_mask drop(opt.dropout);  // factor 1/(1−p) or 0 on the weights applied to V
   for (index_t i = 0; i < Lq; ++i) {
     const index_t r = res.row(b, h, i);
     const auto u = static_cast<std::size_t>(r);
@@ -71,7 +72,8 @@ void finish_head(const W& pol, const tensor_view<TV>& v, const tensor_view<TO>& 
           w[x] = std::exp(s[J[x]] - lse);
           mass += w[x];
           load(v, b, g, J[x], vj.data());
-          for (index_t d = 0; d < Dv; ++d) acc[static_cast<std::size_t>(d)] += w[x] * vj[static_cast<std::size_t>(d)];
+          const double wd = w[x] * drop.factor(b, h, i, J[x]);
+          for (index_t d = 0; d < Dv; ++d) acc[static_cast<std::size_t>(d)] += wd * vj[static_cast<std::size_t>(d)];
           if (J[x] == 0) res.first_prob[u] = w[x];
         }
         res.mass[u] = mass;
@@ -90,7 +92,7 @@ void finish_head(const W& pol, const tensor_view<TV>& v, const tensor_view<TO>& 
       constexpr bool divide = W::normalization == normalization::sum;
       if (divide && mass == 0.0) write_fill = true;
       for (std::size_t x = 0; x < J.size(); ++x) {
-        const double wx = divide && mass != 0.0 ? w[x] / mass : w[x];
+        const double wx = (divide && mass != 0.0 ? w[x] / mass : w[x]) * drop.factor(b, h, i, J[x]);
         load(v, b, g, J[x], vj.data());
         for (index_t d = 0; d < Dv; ++d) acc[static_cast<std::size_t>(d)] += wx * vj[static_cast<std::size_t>(d)];
       }
@@ -204,6 +206,29 @@ void flex_select(const pattern::flex_prefill& p, const tensor_view<TQ>& q, const
   }
 }
 
+/// Masks the logits L of head (b, h) outside the pattern's key set: static patterns
+/// through `allowed`, top_k and flex_prefill by their data-dependent selection.
+template <class P, class TQ, class TK>
+void restrict_to_pattern(const P& pat, const tensor_view<TQ>& q, const tensor_view<TK>& k, const options& opt,
+                         const problem_shape& sh, index_t b, index_t h, std::vector<double>& L) {
+  const index_t Lq = sh.q_len, Lk = sh.k_len;
+  if constexpr (std::is_same_v<P, pattern::top_k>) {
+    (void)b, (void)h, (void)q, (void)k;
+    keep_top_k(L, Lq, Lk, pat.k);
+  } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
+    flex_select(pat, q, k, opt, sh, b, h, L);
+  } else {
+    (void)q, (void)k;
+    static_assert(pattern::static_pattern<P>, "attnkit::reference: unknown data-dependent pattern");
+    const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
+    for (index_t i = 0; i < Lq; ++i) {
+      const pattern::row_query row{b, h, i, Lq, bk.lk, bk.delta};
+      for (index_t j = 0; j < Lk; ++j)
+        if (!attnkit::detail::pattern_hooks<P>::allowed(pat, row, j)) L[static_cast<std::size_t>(i * Lk + j)] = ninf;
+    }
+  }
+}
+
 /// Masks L outside the rank window of the permutation `perm` (self-attention).
 inline void rank_window(const std::vector<index_t>& perm, window_kind kind, index_t window, index_t Lk,
                         std::vector<double>& L) {
@@ -254,22 +279,7 @@ result attention(const sparse<P, Inner>& pol, const tensor_view<TQ>& q, const te
   pattern::check_arguments(pol.pattern, sh, opt);
   attnkit::detail::reject_positions(opt, "sparse patterns");
   return detail::run_quadratic(pol.inner, q, k, v, out, opt, sh, ex, [&](index_t b, index_t h, std::vector<double>& L) {
-    const index_t Lq = sh.q_len, Lk = sh.k_len;
-    if constexpr (std::is_same_v<P, pattern::top_k>) {
-      (void)b, (void)h;
-      detail::keep_top_k(L, Lq, Lk, pol.pattern.k);
-    } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
-      detail::flex_select(pol.pattern, q, k, opt, sh, b, h, L);
-    } else {
-      static_assert(pattern::static_pattern<P>, "attnkit::reference: unknown data-dependent pattern");
-      const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
-      for (index_t i = 0; i < Lq; ++i) {
-        const pattern::row_query row{b, h, i, Lq, bk.lk, bk.delta};
-        for (index_t j = 0; j < Lk; ++j)
-          if (!attnkit::detail::pattern_hooks<P>::allowed(pol.pattern, row, j))
-            L[static_cast<std::size_t>(i * Lk + j)] = detail::ninf;
-      }
-    }
+    detail::restrict_to_pattern(pol.pattern, q, k, opt, sh, b, h, L);
   });
 }
 

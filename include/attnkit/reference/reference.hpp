@@ -7,8 +7,10 @@
 /// \code
 ///   auto r = attnkit::reference::attention(attnkit::softmax{}, q, k, v, out, opt);
 ///   double H = r.entropy[r.row(b, h, i)];
+///   attnkit::reference::attention_backward(attnkit::softmax{}, q, k, v, out, lse, dout, dq, dk, dv, opt);
 /// \endcode
 #include "analysis.hpp"
+#include "backward.hpp"
 #include "common.hpp"
 #include "kernelized.hpp"
 #include "quadratic.hpp"
