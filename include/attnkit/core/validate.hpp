@@ -11,6 +11,7 @@
 #include "checked.hpp"
 #include "error.hpp"
 #include "options.hpp"
+#include "../parallel/num_threads.hpp"
 #include "tensor_view.hpp"
 
 namespace attnkit {
@@ -185,6 +186,7 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   if (!(opt.softcap >= 0.0f) || !std::isfinite(opt.softcap))
     fail("options.softcap", "", ">= 0 and finite (0 = off)", opt.softcap);
   if (opt.num_threads < 0) fail("options.num_threads", "", ">= 0 (0 = automatic)", opt.num_threads);
+  if (opt.num_threads == 0) detail::env_num_threads();  // an invalid ATTNKIT_NUM_THREADS is reported now
   detail::check_broadcastable("options.mask", opt.mask, s.batch, s.q_heads, s.q_len, s.k_len);
   detail::check_broadcastable("options.bias", opt.bias, s.batch, s.q_heads, s.q_len, s.k_len);
   if (!opt.key_lengths.empty()) {
