@@ -257,3 +257,102 @@ TEST_CASE("validation: pattern fields out of range are rejected", "[validation][
   const problem cross(1, 2, 1, 35, 36, 8, 8, 10);
   expect_policy_rejected(stochastic_permutation{}, cross, "k", "self-attention");
 }
+
+TEST_CASE("validation: outputs may not overlap the options' spans, each other, or themselves", "[validation]") {
+  const problem p(2, 4, 2, 6, 7, 8, 5, 12);
+  const index_t n_out = static_cast<index_t>(p.out_size()), n_lse = p.B * p.Hq * p.Lq;
+  // One buffer holds out, then room for whatever is made to overlap it.
+  std::vector<float> buf(static_cast<std::size_t>(n_out + n_lse + 64));
+  auto out_view = [&] { return attnkit::bhsd(buf.data(), p.B, p.Hq, p.Lq, p.Dv); };
+  auto call = [&](const options& o) { attention(softmax{}, p.qv(), p.kv(), p.vv(), out_view(), o); };
+  auto rejected = [&](const std::string& arg, const std::string& fragment, const options& o) {
+    std::vector<float> before = buf;
+    bool thrown = false;
+    try {
+      call(o);
+    } catch (const invalid_argument_error& e) {
+      thrown = true;
+      INFO("message: " << e.what());
+      CHECK(e.argument() == arg);
+      CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    }
+    CHECK(thrown);
+    CHECK(buf == before);
+  };
+  float* inside = buf.data() + 10;  // a position inside out's elements
+  options o;
+  o.sinks = std::span<const float>(inside, static_cast<std::size_t>(p.Hq));
+  rejected("out", "options.sinks", o);
+  o = {};
+  o.alibi_slopes = std::span<const float>(inside, static_cast<std::size_t>(p.Hq));
+  rejected("out", "options.alibi_slopes", o);
+  o = {};
+  o.key_lengths = std::span<const std::int64_t>(reinterpret_cast<const std::int64_t*>(inside), 2);
+  rejected("out", "options.key_lengths", o);
+
+  // options.lse against every other argument.
+  float* after = buf.data() + n_out;  // free memory right after out
+  std::vector<float> bias(static_cast<std::size_t>(p.Lq * p.Lk) + 64);
+  o = {};
+  o.lse = buf.data() + 3;  // inside out
+  rejected("options.lse", "out", o);
+  o.lse = after;
+  o.mask = attnkit::bhsd(reinterpret_cast<const bool*>(after) + 8, 1, 1, p.Lq, p.Lk);
+  rejected("options.lse", "options.mask", o);
+  o = {};
+  o.lse = bias.data() + 1;
+  o.bias = attnkit::bhsd(static_cast<const float*>(bias.data()), 1, 1, p.Lq, p.Lk);
+  rejected("options.lse", "options.bias", o);
+  o = {};
+  o.lse = after;
+  o.sinks = std::span<const float>(after + n_lse - 1, static_cast<std::size_t>(p.Hq));
+  rejected("options.lse", "options.sinks", o);
+  o = {};
+  o.lse = after;
+  o.alibi_slopes = std::span<const float>(after + 2, static_cast<std::size_t>(p.Hq));
+  rejected("options.lse", "options.alibi_slopes", o);
+  o = {};
+  o.lse = after;
+  o.key_lengths = std::span<const std::int64_t>(reinterpret_cast<const std::int64_t*>(after + 4), 2);
+  rejected("options.lse", "options.key_lengths", o);
+  o = {};
+  o.lse = const_cast<float*>(p.k.data()) + 5;
+  rejected("options.lse", "no overlap with k", o);
+
+  // A self-overlapping output: rows closer than Dv (row stride 4 < Dv = 5), heads
+  // closer than a head's rows; and a 2^62 stride whose byte range wraps.
+  const std::vector<float> before = buf;
+  auto out_rejected = [&](const std::string& fragment, const attnkit::tensor_view<float>& ov) {
+    bool thrown = false;
+    try {
+      attention(softmax{}, p.qv(), p.kv(), p.vv(), ov);
+    } catch (const invalid_argument_error& e) {
+      thrown = true;
+      INFO("message: " << e.what());
+      CHECK(e.argument() == "out");
+      CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    }
+    CHECK(thrown);
+    CHECK(buf == before);
+  };
+  out_rejected("stride 'seq'", attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 4, 6 * 4, 4, 1}));
+  out_rejected("stride 'heads'", attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 5, 6 * 5 - 1, 5, 1}));
+  out_rejected("stride 'batch'", attnkit::strided(buf.data(), {2, 4, 6, 5}, {10, 6 * 5, 5, 1}));
+  out_rejected("strides", attnkit::strided(buf.data(), {2, 4, 6, 5}, {index_t{1} << 62, 6 * 5, 5, 1}));
+  out_rejected("strides", attnkit::strided(buf.data(), {2, 4, 6, 5}, {index_t{1} << 61, index_t{1} << 61, 5, 1}));
+  // Inputs may repeat elements (a broadcast), but not span more than 2^52 elements.
+  bool thrown = false;
+  try {
+    attention(softmax{}, p.qv(), attnkit::strided(p.k.data(), {2, 2, index_t{1} << 53, 8}, {0, 0, 0, 1}), p.vv(),
+              out_view());
+  } catch (const invalid_argument_error& e) {
+    thrown = true;
+    CHECK(e.argument() == "k");
+    CHECK(std::string(e.what()).find("2^52") != std::string::npos);
+  }
+  CHECK(thrown);
+  // Nested layouts that do not overlap stay valid: BSHD and a padded one.
+  CHECK_NOTHROW(attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::bshd(buf.data(), 2, 6, 4, 5)));
+  CHECK_NOTHROW(attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 7 + 3, 6 * 7 + 1, 7, 1})));
+}
+

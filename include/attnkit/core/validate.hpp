@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 
 #include "checked.hpp"
 #include "error.hpp"
@@ -135,6 +136,36 @@ void check_broadcastable(const std::string& name, const tensor_view<T>& m, index
   check_unit_dim_stride(name, m);
 }
 
+/// No two elements of an output view share an address. Exact for nested layouts
+/// (every BHSD / BSHD / padded or permuted one): taken by increasing stride, each
+/// axis of extent > 1 must step past everything the smaller-stride axes reach.
+/// A row stride smaller than Dv, say, would make two outputs one memory cell.
+template <class T>
+void check_distinct_elements(const std::string& name, const tensor_view<T>& t) {
+  if (t.empty()) return;
+  int order[4], n = 0;
+  for (int a = 0; a < 4; ++a)
+    if (t.extent[a] > 1) order[n++] = a;
+  for (int i = 1; i < n; ++i)  // insertion sort by stride (GCC 12 warns falsely on std::sort of 4)
+    for (int j = i; j > 0 && t.stride[order[j]] < t.stride[order[j - 1]]; --j) std::swap(order[j], order[j - 1]);
+  index_t reach = 0;  // largest offset of the axes taken so far (fits: the span was checked)
+  for (int i = 0; i < n; ++i) {
+    const int a = order[i];
+    if (t.stride[a] <= reach)
+      fail(name, std::string("stride '") + axis_name(a) + "'",
+           "> " + std::to_string(reach) + " (each element at its own address: the axes with smaller strides reach " +
+               std::to_string(reach) + ")",
+           t.stride[a]);
+    reach += (t.extent[a] - 1) * t.stride[a];
+  }
+}
+
+/// The memory an argument occupies, for the overlap checks.
+struct named_span {
+  const char* name;
+  byte_span span;
+};
+
 }  // namespace detail
 
 /// Shape facts of a validated call.
@@ -178,6 +209,7 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   for (int a = 0; a < 4 && !out.empty(); ++a)
     if (out.extent[a] > 1 && out.stride[a] == 0)
       fail("out", std::string("stride '") + detail::axis_name(a) + "'", "> 0 (outputs may not broadcast)", 0);
+  detail::check_distinct_elements("out", out);
 
   // Options.
   if (opt.scale && !std::isfinite(*opt.scale)) fail("options.scale", "", "a finite value", *opt.scale);
@@ -203,21 +235,27 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   if (!opt.sinks.empty() && static_cast<index_t>(opt.sinks.size()) != s.q_heads)
     fail("options.sinks", "size", std::to_string(s.q_heads) + " (= q.heads)", opt.sinks.size());
 
-  // Aliasing: the output may not overlap any input (results would depend on order).
-  const auto o = detail::byte_range(out);
-  if (detail::overlaps(o, detail::byte_range(q))) fail("out", "memory", "no overlap with q", "overlap");
-  if (detail::overlaps(o, detail::byte_range(k))) fail("out", "memory", "no overlap with k", "overlap");
-  if (detail::overlaps(o, detail::byte_range(v))) fail("out", "memory", "no overlap with v", "overlap");
-  if (opt.mask.data && detail::overlaps(o, detail::byte_range(opt.mask)))
-    fail("out", "memory", "no overlap with options.mask", "overlap");
-  if (opt.bias.data && detail::overlaps(o, detail::byte_range(opt.bias)))
-    fail("out", "memory", "no overlap with options.bias", "overlap");
+  // Aliasing: an output may not overlap any input (results would depend on the
+  // order of reads and writes), nor the other output.
+  const detail::named_span inputs[] = {
+      {"q", detail::byte_range(q)},
+      {"k", detail::byte_range(k)},
+      {"v", detail::byte_range(v)},
+      {"options.mask", opt.mask.data ? detail::byte_range(opt.mask) : detail::byte_span{}},
+      {"options.bias", opt.bias.data ? detail::byte_range(opt.bias) : detail::byte_span{}},
+      {"options.key_lengths", detail::byte_range(opt.key_lengths)},
+      {"options.alibi_slopes", detail::byte_range(opt.alibi_slopes)},
+      {"options.sinks", detail::byte_range(opt.sinks)},
+  };
+  const detail::byte_span o = detail::byte_range(out);
+  for (const auto& in : inputs)
+    if (detail::overlaps(o, in.span)) fail("out", "memory", std::string("no overlap with ") + in.name, "overlap");
   if (opt.lse) {
     const detail::byte_span lr = detail::bytes_at(opt.lse, s.batch * s.q_heads * s.q_len, sizeof(float));
+    if (lr.hi == UINTPTR_MAX) fail("options.lse", "memory", "a buffer inside the address space", "a wrapping range");
     if (detail::overlaps(o, lr)) fail("options.lse", "memory", "no overlap with out", "overlap");
-    if (detail::overlaps(lr, detail::byte_range(q)) || detail::overlaps(lr, detail::byte_range(k)) ||
-        detail::overlaps(lr, detail::byte_range(v)))
-      fail("options.lse", "memory", "no overlap with q, k or v", "overlap");
+    for (const auto& in : inputs)
+      if (detail::overlaps(lr, in.span)) fail("options.lse", "memory", std::string("no overlap with ") + in.name, "overlap");
   }
   return s;
 }
