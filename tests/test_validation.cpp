@@ -356,3 +356,73 @@ TEST_CASE("validation: outputs may not overlap the options' spans, each other, o
   CHECK_NOTHROW(attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 7 + 3, 6 * 7 + 1, 7, 1})));
 }
 
+TEST_CASE("validation: messages name the right argument with context", "[validation]") {
+  const problem p(2, 4, 2, 6, 7, 8, 5, 13);
+  std::vector<float> out(p.out_size());
+  // BSHD buffers described in bhsd() argument order (heads and seq swapped) for q,
+  // k and v; out right: q is named, not out.
+  expect_rejected("q", "swapped", out, [&] {
+    attention(softmax{}, attnkit::bshd(p.q.data(), 2, 4, 6, 8), attnkit::bshd(p.k.data(), 2, 2, 7, 8),
+              attnkit::bshd(p.v.data(), 2, 2, 7, 5), p.ov(out));
+  });
+  // Only k swapped: k is named, with the hint.
+  expect_rejected("k", "swapped", out, [&] {
+    attention(softmax{}, p.qv(), attnkit::bshd(p.k.data(), 2, 2, 7, 8), p.vv(), p.ov(out));
+  });
+  // Only v swapped.
+  expect_rejected("v", "swapped", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), attnkit::bshd(p.v.data(), 2, 2, 7, 5), p.ov(out));
+  });
+  const std::int64_t lens[1] = {3};
+  options o;
+  o.key_lengths = lens;
+  expect_rejected("options.key_lengths", "expected 2 (= q.batch), got 1", out,
+                  [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  std::uint8_t mask[6 * 8] = {};
+  o = {};
+  o.mask = attnkit::bhsd(static_cast<const std::uint8_t*>(mask), 1, 1, 6, 6);
+  expect_rejected("options.mask", "extent 'keys'", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o.mask = attnkit::strided(static_cast<const std::uint8_t*>(mask), {1, 1, 6, 7}, {0, 0, 1, 6});
+  expect_rejected("options.mask", "stride 'keys'", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o = {};
+  o.causal = static_cast<causal>(9);
+  expect_rejected("options.causal", "bottom_right", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o = {};
+  o.masked_rows = static_cast<masked_rows>(9);
+  expect_rejected("options.masked_rows", "zero", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+}
+
+TEST_CASE("masks: std::uint8_t views, nonzero = attend, on every path", "[validation][mask]") {
+  // Any nonzero byte attends: the same call with a bool mask of the same pattern,
+  // bitwise, and the oracle (2e-5 · max|oracle|).
+  for (const problem& p : {problem(2, 4, 2, 70, 90, 16, 8, 14), problem(2, 8, 2, 1, 300, 16, 8, 15),
+                           problem(1, 4, 2, 64, 64, 16, 8, 16)}) {
+    const std::size_t cells = static_cast<std::size_t>(p.Lq * p.Lk);
+    std::vector<std::uint8_t> bytes(cells), bools(cells);
+    const std::uint8_t values[] = {0, 1, 2, 255, 7, 128, 0, 1};
+    for (std::size_t c = 0; c < cells; ++c) {
+      bytes[c] = values[(c * 7 + c / 5) % 8];
+      bools[c] = bytes[c] != 0;
+    }
+    options ob, ol;
+    ob.mask = attnkit::bhsd(static_cast<const std::uint8_t*>(bytes.data()), 1, 1, p.Lq, p.Lk);
+    ol.mask = attnkit::bhsd(reinterpret_cast<const bool*>(bools.data()), 1, 1, p.Lq, p.Lk);
+    auto both = [&](const auto& pol) {
+      std::vector<float> a(p.out_size()), b(p.out_size());
+      attention(pol, p.qv(), p.kv(), p.vv(), p.ov(a), ob);
+      attention(pol, p.qv(), p.kv(), p.vv(), p.ov(b), ol);
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+      std::vector<double> ref(p.out_size());
+      reference::attention(pol, p.qv(), p.kv(), p.vv(), attnkit::bhsd(ref.data(), p.B, p.Hq, p.Lq, p.Dv), ob);
+      double scale = 1e-30, err = 0;
+      for (double r : ref) scale = std::max(scale, std::abs(r));
+      for (std::size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::abs(a[i] - ref[i]));
+      CHECK(err <= 2e-5 * scale);
+    };
+    both(softmax{});
+    both(sigmoid{});
+    both(sparse{pattern::sliding_window{20, 3}});
+    if (p.Lq == p.Lk) both(stochastic_permutation{.window = 8});
+  }
+}
+
