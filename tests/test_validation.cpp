@@ -426,3 +426,57 @@ TEST_CASE("masks: std::uint8_t views, nonzero = attend, on every path", "[valida
   }
 }
 
+TEST_CASE("attention_varlen: every sequence checked before any write; observer", "[validation][varlen]") {
+  // Three sequences of 20 queries, with 20, 20 and 25 keys: the third breaks a
+  // per-sequence rule of each policy below. The first two are valid and used to be
+  // written before the error.
+  const problem p(1, 4, 2, 60, 65, 16, 8, 17);
+  const std::int64_t cu_q[] = {0, 20, 40, 60}, cu_k[] = {0, 20, 40, 65};
+  std::vector<float> out(p.out_size(), sentinel), lse(static_cast<std::size_t>(p.Hq * p.Lq), sentinel);
+  options o;
+  o.lse = lse.data();
+  auto varlen_rejected = [&](const auto& pol, const std::string& arg) {
+    bool thrown = false;
+    try {
+      attention_varlen(pol, p.qv(), p.kv(), p.vv(), p.ov(out), cu_q, cu_k, o);
+    } catch (const invalid_argument_error& e) {
+      thrown = true;
+      INFO("message: " << e.what());
+      CHECK(e.argument() == arg);
+      CHECK(std::string(e.what()).find("in sequence 2") != std::string::npos);
+    }
+    CHECK(thrown);
+    for (float x : out) REQUIRE(x == sentinel);
+    for (float x : lse) REQUIRE(x == sentinel);
+  };
+  varlen_rejected(stochastic_permutation{.window = 4}, "k");                  // self-attention per sequence
+  varlen_rejected(sparse{pattern::neighborhood_2d{4, 5, 3, 3, 1}}, "pattern");  // a 4 × 5 grid: 20 keys
+  const bool layout[4] = {true, false, true, true};                           // 20 rows × 20 keys
+  varlen_rejected(sparse{pattern::block_sparse{layout, 10, 10, 2, 2}}, "pattern.num_k_blocks");
+
+  // The observer sees one call: the packed shape, each row once at its packed
+  // index, with the values of the sequence run on its own.
+  entropy_stats packed;
+  o = {};
+  o.causal = causal::bottom_right;
+  attention_varlen(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), cu_q, cu_k, o, observe(packed));
+  CHECK(packed.complete());
+  CHECK(packed.begin_calls == 1);
+  CHECK(packed.q_len == p.Lq);
+  for (std::size_t b = 0; b < 3; ++b) {
+    const index_t q0 = cu_q[b], lq = cu_q[b + 1] - q0, k0 = cu_k[b], lk = cu_k[b + 1] - k0;
+    entropy_stats one;
+    std::vector<float> o1(static_cast<std::size_t>(p.Hq * lq * p.Dv));
+    attention(softmax{}, attnkit::strided(p.q.data() + q0 * p.D, {1, p.Hq, lq, p.D}, {0, p.Lq * p.D, p.D, 1}),
+              attnkit::strided(p.k.data() + k0 * p.D, {1, p.Hkv, lk, p.D}, {0, p.Lk * p.D, p.D, 1}),
+              attnkit::strided(p.v.data() + k0 * p.Dv, {1, p.Hkv, lk, p.Dv}, {0, p.Lk * p.Dv, p.Dv, 1}),
+              attnkit::bhsd(o1.data(), 1, p.Hq, lq, p.Dv), o, observe(one));
+    for (index_t h = 0; h < p.Hq; ++h)
+      for (index_t i = 0; i < lq; ++i) {
+        const auto at = static_cast<std::size_t>(packed.index(0, h, q0 + i)), mine = static_cast<std::size_t>(one.index(0, h, i));
+        CHECK(packed.entropy[at] == one.entropy[mine]);
+        CHECK(packed.allowed[at] == one.allowed[mine]);
+        CHECK(packed.lse[at] == one.lse[mine]);
+      }
+  }
+}

@@ -31,13 +31,32 @@ void check_quadratic_options(const options& opt) {
     if (!opt.sinks.empty()) fail("options.sinks", "", "empty (sinks are a softmax feature)", opt.sinks.size());
 }
 
+/// The checks of a call that need no data: the views and options (validate_call)
+/// and the policy's own against the shape. attention() runs them before anything
+/// else; attention_varlen runs them for every sequence before the first one runs.
+/// (Kernelised policies check their options and fields first thing in their
+/// kernels; those checks do not depend on the sequence lengths.)
+template <class P, class KV>
+problem_shape check_call(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                         const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt) {
+  const problem_shape shape = validate_call(q, k, v, out, opt);
+  if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
+    check_quadratic_options<P>(opt);
+  } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
+    check_quadratic_options<decltype(pol.inner)>(opt);
+    pattern::check_arguments(pol.pattern, shape, opt);
+  } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
+    check_permutation_arguments(pol, shape);
+  }
+  return shape;
+}
+
 template <class Arch, class P, class KV, class Observer>
 void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                     const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
-  const problem_shape shape = validate_call(q, k, v, out, opt);
+  const problem_shape shape = check_call(pol, q, k, v, out, opt);
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     static_assert(quadratic_policy<P>, "attnkit: a quadratic-family policy must define `static constexpr bool normalized`");
-    check_quadratic_options<P>(opt);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     if (shape.q_len * shape.group() <= decode_max_rows)
       run_decode<Arch>(pol, shape, q, k, v, out, opt, obs);
@@ -47,14 +66,11 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
   } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
     using inner = decltype(pol.inner);
     static_assert(quadratic_policy<inner>, "attnkit: sparse<Pattern, Inner> needs a quadratic inner policy");
-    check_quadratic_options<inner>(opt);
-    pattern::check_arguments(pol.pattern, shape, opt);  // before the observer hears of the call
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
     static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
-    check_permutation_arguments(pol, shape);
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_rank_window<Arch>(pol, *policy_permutations(pol, shape.k_len, shape.kv_heads), shape, q, k, v, out, opt, obs);
     if constexpr (Observer::enabled) obs.end();
