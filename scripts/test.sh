@@ -3,12 +3,15 @@
 # self-containment, find_package / add_subdirectory consumers, benchmark smoke test,
 # ring attention under mpiexec with 2 and 4 ranks).
 #
-#   scripts/test.sh [--sanitize] [--build-dir DIR]
+#   scripts/test.sh [--sanitize | --tsan] [--build-dir DIR]
 #
 #   --sanitize        ASan + UBSan build with Clang in its own directory (default
 #                     build-sanitize); the oracle tests instantiate scalar + the best
 #                     arch only (ATTNKIT_TEST_ARCHS=best), to stay in CI's time budget
-#   --build-dir DIR   build directory (default: build, or build-sanitize)
+#   --tsan            ThreadSanitizer (Clang) over the thread-pool and concurrency tests
+#                     only: test_lifecycle (without its fork() cases, which TSan does
+#                     not support) and the lifecycle_exit program (default build-tsan)
+#   --build-dir DIR   build directory (default: build, build-sanitize or build-tsan)
 #
 # Installs missing Debian packages with apt-get when run as root; otherwise prints the
 # apt-get line and exits 1. CI=true turns warnings into errors (-DATTNKIT_WERROR=ON).
@@ -16,13 +19,15 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sanitize=0
+tsan=0
 build_dir=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
+    --tsan) tsan=1 ;;
     --build-dir) [[ $# -ge 2 ]] || { echo "error: --build-dir needs a value" >&2; exit 2; }; build_dir=$2; shift ;;
     --build-dir=*) build_dir=${1#*=} ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -32,13 +37,36 @@ done
 source "$root/scripts/deps.sh"
 # python3: the bench_report test; Open MPI: the ring-attention tests
 ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" python3 "${ATTNKIT_MPI_PACKAGES[@]}"
-[[ $sanitize -eq 1 ]] && ensure_packages "${ATTNKIT_CLANG_PACKAGES[@]}"
+[[ $sanitize -eq 1 || $tsan -eq 1 ]] && ensure_packages "${ATTNKIT_CLANG_PACKAGES[@]}"
+[[ $sanitize -eq 1 && $tsan -eq 1 ]] && { echo "error: --sanitize and --tsan are separate builds" >&2; exit 2; }
 
 if [[ -z "$build_dir" ]]; then
   build_dir="$root/build"
   [[ $sanitize -eq 1 ]] && build_dir="$root/build-sanitize"
+  [[ $tsan -eq 1 ]] && build_dir="$root/build-tsan"
 fi
 jobs=$(nproc 2>/dev/null || echo 2)
+
+if [[ $tsan -eq 1 ]]; then
+  # A few translation units only: the pool, many user threads, nested calls, the
+  # thread cap and calls after main() (docs/guarantees.md). The whole suite under
+  # TSan would not fit CI's time budget, and the kernels' tasks share no state but
+  # what these tests exercise.
+  tsan_flags="-fsanitize=thread -fno-omit-frame-pointer"
+  echo "== configure ($build_dir, ThreadSanitizer)"
+  cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -g" \
+        -DCMAKE_CXX_COMPILER=clang++ "-DCMAKE_CXX_FLAGS=$tsan_flags" "-DCMAKE_EXE_LINKER_FLAGS=$tsan_flags" \
+        -DATTNKIT_BUILD_TESTS=ON -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_BUILD_BENCH=OFF \
+        -DATTNKIT_TEST_ARCHS=best "-DATTNKIT_WERROR=$([[ "${CI:-}" == "true" ]] && echo ON || echo OFF)" </dev/null
+  echo "== build test_lifecycle lifecycle_exit (-j$jobs)"
+  cmake --build "$build_dir" -j "$jobs" --target test_lifecycle lifecycle_exit </dev/null
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+  echo "== test (ThreadSanitizer)"
+  "$build_dir/tests/test_lifecycle" "~[fork]" </dev/null
+  for mode in pool attention-thread attention; do "$build_dir/tests/lifecycle_exit" "$mode" </dev/null; done
+  echo "== ThreadSanitizer tests passed ($build_dir)"
+  exit 0
+fi
 
 werror=OFF
 [[ "${CI:-}" == "true" ]] && werror=ON

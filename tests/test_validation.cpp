@@ -257,3 +257,226 @@ TEST_CASE("validation: pattern fields out of range are rejected", "[validation][
   const problem cross(1, 2, 1, 35, 36, 8, 8, 10);
   expect_policy_rejected(stochastic_permutation{}, cross, "k", "self-attention");
 }
+
+TEST_CASE("validation: outputs may not overlap the options' spans, each other, or themselves", "[validation]") {
+  const problem p(2, 4, 2, 6, 7, 8, 5, 12);
+  const index_t n_out = static_cast<index_t>(p.out_size()), n_lse = p.B * p.Hq * p.Lq;
+  // One buffer holds out, then room for whatever is made to overlap it.
+  std::vector<float> buf(static_cast<std::size_t>(n_out + n_lse + 64));
+  auto out_view = [&] { return attnkit::bhsd(buf.data(), p.B, p.Hq, p.Lq, p.Dv); };
+  auto call = [&](const options& o) { attention(softmax{}, p.qv(), p.kv(), p.vv(), out_view(), o); };
+  auto rejected = [&](const std::string& arg, const std::string& fragment, const options& o) {
+    std::vector<float> before = buf;
+    bool thrown = false;
+    try {
+      call(o);
+    } catch (const invalid_argument_error& e) {
+      thrown = true;
+      INFO("message: " << e.what());
+      CHECK(e.argument() == arg);
+      CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    }
+    CHECK(thrown);
+    CHECK(buf == before);
+  };
+  float* inside = buf.data() + 10;  // a position inside out's elements
+  options o;
+  o.sinks = std::span<const float>(inside, static_cast<std::size_t>(p.Hq));
+  rejected("out", "options.sinks", o);
+  o = {};
+  o.alibi_slopes = std::span<const float>(inside, static_cast<std::size_t>(p.Hq));
+  rejected("out", "options.alibi_slopes", o);
+  o = {};
+  o.key_lengths = std::span<const std::int64_t>(reinterpret_cast<const std::int64_t*>(inside), 2);
+  rejected("out", "options.key_lengths", o);
+
+  // options.lse against every other argument.
+  float* after = buf.data() + n_out;  // free memory right after out
+  std::vector<float> bias(static_cast<std::size_t>(p.Lq * p.Lk) + 64);
+  o = {};
+  o.lse = buf.data() + 3;  // inside out
+  rejected("options.lse", "out", o);
+  o.lse = after;
+  o.mask = attnkit::bhsd(reinterpret_cast<const bool*>(after) + 8, 1, 1, p.Lq, p.Lk);
+  rejected("options.lse", "options.mask", o);
+  o = {};
+  o.lse = bias.data() + 1;
+  o.bias = attnkit::bhsd(static_cast<const float*>(bias.data()), 1, 1, p.Lq, p.Lk);
+  rejected("options.lse", "options.bias", o);
+  o = {};
+  o.lse = after;
+  o.sinks = std::span<const float>(after + n_lse - 1, static_cast<std::size_t>(p.Hq));
+  rejected("options.lse", "options.sinks", o);
+  o = {};
+  o.lse = after;
+  o.alibi_slopes = std::span<const float>(after + 2, static_cast<std::size_t>(p.Hq));
+  rejected("options.lse", "options.alibi_slopes", o);
+  o = {};
+  o.lse = after;
+  o.key_lengths = std::span<const std::int64_t>(reinterpret_cast<const std::int64_t*>(after + 4), 2);
+  rejected("options.lse", "options.key_lengths", o);
+  o = {};
+  o.lse = const_cast<float*>(p.k.data()) + 5;
+  rejected("options.lse", "no overlap with k", o);
+
+  // A self-overlapping output: rows closer than Dv (row stride 4 < Dv = 5), heads
+  // closer than a head's rows; and a 2^62 stride whose byte range wraps.
+  const std::vector<float> before = buf;
+  auto out_rejected = [&](const std::string& fragment, const attnkit::tensor_view<float>& ov) {
+    bool thrown = false;
+    try {
+      attention(softmax{}, p.qv(), p.kv(), p.vv(), ov);
+    } catch (const invalid_argument_error& e) {
+      thrown = true;
+      INFO("message: " << e.what());
+      CHECK(e.argument() == "out");
+      CHECK(std::string(e.what()).find(fragment) != std::string::npos);
+    }
+    CHECK(thrown);
+    CHECK(buf == before);
+  };
+  out_rejected("stride 'seq'", attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 4, 6 * 4, 4, 1}));
+  out_rejected("stride 'heads'", attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 5, 6 * 5 - 1, 5, 1}));
+  out_rejected("stride 'batch'", attnkit::strided(buf.data(), {2, 4, 6, 5}, {10, 6 * 5, 5, 1}));
+  out_rejected("strides", attnkit::strided(buf.data(), {2, 4, 6, 5}, {index_t{1} << 62, 6 * 5, 5, 1}));
+  out_rejected("strides", attnkit::strided(buf.data(), {2, 4, 6, 5}, {index_t{1} << 61, index_t{1} << 61, 5, 1}));
+  // Inputs may repeat elements (a broadcast), but not span more than 2^52 elements.
+  bool thrown = false;
+  try {
+    attention(softmax{}, p.qv(), attnkit::strided(p.k.data(), {2, 2, index_t{1} << 53, 8}, {0, 0, 0, 1}), p.vv(),
+              out_view());
+  } catch (const invalid_argument_error& e) {
+    thrown = true;
+    CHECK(e.argument() == "k");
+    CHECK(std::string(e.what()).find("2^52") != std::string::npos);
+  }
+  CHECK(thrown);
+  // Nested layouts that do not overlap stay valid: BSHD and a padded one.
+  CHECK_NOTHROW(attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::bshd(buf.data(), 2, 6, 4, 5)));
+  CHECK_NOTHROW(attention(softmax{}, p.qv(), p.kv(), p.vv(), attnkit::strided(buf.data(), {2, 4, 6, 5}, {4 * 6 * 7 + 3, 6 * 7 + 1, 7, 1})));
+}
+
+TEST_CASE("validation: messages name the right argument with context", "[validation]") {
+  const problem p(2, 4, 2, 6, 7, 8, 5, 13);
+  std::vector<float> out(p.out_size());
+  // BSHD buffers described in bhsd() argument order (heads and seq swapped) for q,
+  // k and v; out right: q is named, not out.
+  expect_rejected("q", "swapped", out, [&] {
+    attention(softmax{}, attnkit::bshd(p.q.data(), 2, 4, 6, 8), attnkit::bshd(p.k.data(), 2, 2, 7, 8),
+              attnkit::bshd(p.v.data(), 2, 2, 7, 5), p.ov(out));
+  });
+  // Only k swapped: k is named, with the hint.
+  expect_rejected("k", "swapped", out, [&] {
+    attention(softmax{}, p.qv(), attnkit::bshd(p.k.data(), 2, 2, 7, 8), p.vv(), p.ov(out));
+  });
+  // Only v swapped.
+  expect_rejected("v", "swapped", out, [&] {
+    attention(softmax{}, p.qv(), p.kv(), attnkit::bshd(p.v.data(), 2, 2, 7, 5), p.ov(out));
+  });
+  const std::int64_t lens[1] = {3};
+  options o;
+  o.key_lengths = lens;
+  expect_rejected("options.key_lengths", "expected 2 (= q.batch), got 1", out,
+                  [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  std::uint8_t mask[6 * 8] = {};
+  o = {};
+  o.mask = attnkit::bhsd(static_cast<const std::uint8_t*>(mask), 1, 1, 6, 6);
+  expect_rejected("options.mask", "extent 'keys'", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o.mask = attnkit::strided(static_cast<const std::uint8_t*>(mask), {1, 1, 6, 7}, {0, 0, 1, 6});
+  expect_rejected("options.mask", "stride 'keys'", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o = {};
+  o.causal = static_cast<causal>(9);
+  expect_rejected("options.causal", "bottom_right", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+  o = {};
+  o.masked_rows = static_cast<masked_rows>(9);
+  expect_rejected("options.masked_rows", "zero", out, [&] { attention(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), o); });
+}
+
+TEST_CASE("masks: std::uint8_t views, nonzero = attend, on every path", "[validation][mask]") {
+  // Any nonzero byte attends: the same call with a bool mask of the same pattern,
+  // bitwise, and the oracle (2e-5 · max|oracle|).
+  for (const problem& p : {problem(2, 4, 2, 70, 90, 16, 8, 14), problem(2, 8, 2, 1, 300, 16, 8, 15),
+                           problem(1, 4, 2, 64, 64, 16, 8, 16)}) {
+    const std::size_t cells = static_cast<std::size_t>(p.Lq * p.Lk);
+    std::vector<std::uint8_t> bytes(cells), bools(cells);
+    const std::uint8_t values[] = {0, 1, 2, 255, 7, 128, 0, 1};
+    for (std::size_t c = 0; c < cells; ++c) {
+      bytes[c] = values[(c * 7 + c / 5) % 8];
+      bools[c] = bytes[c] != 0;
+    }
+    options ob, ol;
+    ob.mask = attnkit::bhsd(static_cast<const std::uint8_t*>(bytes.data()), 1, 1, p.Lq, p.Lk);
+    ol.mask = attnkit::bhsd(reinterpret_cast<const bool*>(bools.data()), 1, 1, p.Lq, p.Lk);
+    auto both = [&](const auto& pol) {
+      std::vector<float> a(p.out_size()), b(p.out_size());
+      attention(pol, p.qv(), p.kv(), p.vv(), p.ov(a), ob);
+      attention(pol, p.qv(), p.kv(), p.vv(), p.ov(b), ol);
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+      std::vector<double> ref(p.out_size());
+      reference::attention(pol, p.qv(), p.kv(), p.vv(), attnkit::bhsd(ref.data(), p.B, p.Hq, p.Lq, p.Dv), ob);
+      double scale = 1e-30, err = 0;
+      for (double r : ref) scale = std::max(scale, std::abs(r));
+      for (std::size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::abs(a[i] - ref[i]));
+      CHECK(err <= 2e-5 * scale);
+    };
+    both(softmax{});
+    both(sigmoid{});
+    both(sparse{pattern::sliding_window{20, 3}});
+    if (p.Lq == p.Lk) both(stochastic_permutation{.window = 8});
+  }
+}
+
+TEST_CASE("attention_varlen: every sequence checked before any write; observer", "[validation][varlen]") {
+  // Three sequences of 20 queries, with 20, 20 and 25 keys: the third breaks a
+  // per-sequence rule of each policy below. The first two are valid and used to be
+  // written before the error.
+  const problem p(1, 4, 2, 60, 65, 16, 8, 17);
+  const std::int64_t cu_q[] = {0, 20, 40, 60}, cu_k[] = {0, 20, 40, 65};
+  std::vector<float> out(p.out_size(), sentinel), lse(static_cast<std::size_t>(p.Hq * p.Lq), sentinel);
+  options o;
+  o.lse = lse.data();
+  auto varlen_rejected = [&](const auto& pol, const std::string& arg) {
+    bool thrown = false;
+    try {
+      attention_varlen(pol, p.qv(), p.kv(), p.vv(), p.ov(out), cu_q, cu_k, o);
+    } catch (const invalid_argument_error& e) {
+      thrown = true;
+      INFO("message: " << e.what());
+      CHECK(e.argument() == arg);
+      CHECK(std::string(e.what()).find("in sequence 2") != std::string::npos);
+    }
+    CHECK(thrown);
+    for (float x : out) REQUIRE(x == sentinel);
+    for (float x : lse) REQUIRE(x == sentinel);
+  };
+  varlen_rejected(stochastic_permutation{.window = 4}, "k");                  // self-attention per sequence
+  varlen_rejected(sparse{pattern::neighborhood_2d{4, 5, 3, 3, 1}}, "pattern");  // a 4 × 5 grid: 20 keys
+  const bool layout[4] = {true, false, true, true};                           // 20 rows × 20 keys
+  varlen_rejected(sparse{pattern::block_sparse{layout, 10, 10, 2, 2}}, "pattern.num_k_blocks");
+
+  // The observer sees one call: the packed shape, each row once at its packed
+  // index, with the values of the sequence run on its own.
+  entropy_stats packed;
+  o = {};
+  o.causal = causal::bottom_right;
+  attention_varlen(softmax{}, p.qv(), p.kv(), p.vv(), p.ov(out), cu_q, cu_k, o, observe(packed));
+  CHECK(packed.complete());
+  CHECK(packed.begin_calls == 1);
+  CHECK(packed.q_len == p.Lq);
+  for (std::size_t b = 0; b < 3; ++b) {
+    const index_t q0 = cu_q[b], lq = cu_q[b + 1] - q0, k0 = cu_k[b], lk = cu_k[b + 1] - k0;
+    entropy_stats one;
+    std::vector<float> o1(static_cast<std::size_t>(p.Hq * lq * p.Dv));
+    attention(softmax{}, attnkit::strided(p.q.data() + q0 * p.D, {1, p.Hq, lq, p.D}, {0, p.Lq * p.D, p.D, 1}),
+              attnkit::strided(p.k.data() + k0 * p.D, {1, p.Hkv, lk, p.D}, {0, p.Lk * p.D, p.D, 1}),
+              attnkit::strided(p.v.data() + k0 * p.Dv, {1, p.Hkv, lk, p.Dv}, {0, p.Lk * p.Dv, p.Dv, 1}),
+              attnkit::bhsd(o1.data(), 1, p.Hq, lq, p.Dv), o, observe(one));
+    for (index_t h = 0; h < p.Hq; ++h)
+      for (index_t i = 0; i < lq; ++i) {
+        const auto at = static_cast<std::size_t>(packed.index(0, h, q0 + i)), mine = static_cast<std::size_t>(one.index(0, h, i));
+        CHECK(packed.entropy[at] == one.entropy[mine]);
+        CHECK(packed.allowed[at] == one.allowed[mine]);
+        CHECK(packed.lse[at] == one.lse[mine]);
+      }
+  }
+}

@@ -8,7 +8,11 @@
 //     valid; a valid call must match the oracle (2e-5 · max|oracle|, NaN where the
 //     oracle is NaN, LSE likewise), must not write outside the output view's
 //     elements (padding of strided outputs is checked), and must give bitwise the
-//     same result for 1 and 3 threads.
+//     same result for 1 and 3 threads (or a million: the thread cap).
+// Overflow-prone fields (options.window, every pattern size, dilation and block,
+// the permutation window, the thread count) are put at extremes (INT64_MAX and
+// near it) some of the time, by bytes read after all the others, so inputs that
+// end earlier decode as they always did.
 // A failure prints the decoded case and aborts, which libFuzzer reports as a crash.
 // Used by fuzz_attention.cpp (libFuzzer) and fuzz_replay.cpp (plain driver, ctest).
 #include <attnkit/attnkit.hpp>
@@ -20,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -132,6 +137,9 @@ enum class defect : int {
   threads,          // num_threads = -1
   scale_nan,        // scale = NaN
   softcap_negative, // softcap = -1
+  out_huge_stride,  // an out stride of 2^62: the byte range overflows
+  out_self_overlap, // out rows closer than Dv: two elements at one address
+  lse_overlaps_k,   // options.lse inside k's buffer
   count
 };
 
@@ -139,7 +147,8 @@ inline const char* defect_name(defect d) {
   static const char* names[] = {"none",          "k_dim",        "null_q",         "negative_extent",
                                 "gqa_ratio",     "out_overlaps_q", "window_left",  "key_length_big",
                                 "key_length_size", "mask_keys",   "v_seq",          "out_dim",
-                                "negative_stride", "threads",     "scale_nan",      "softcap_negative"};
+                                "negative_stride", "threads",     "scale_nan",      "softcap_negative",
+                                "out_huge_stride", "out_self_overlap", "lse_overlaps_k"};
   return names[static_cast<int>(d)];
 }
 
@@ -180,6 +189,7 @@ struct fuzz_case {
   std::vector<std::int64_t> key_lengths;
   std::vector<float> slopes, sinks;
   defect bad = defect::none;
+  bool huge_threads = false;  ///< the thread-count comparison asks for a million threads
   std::string policy_name;
 
   index_t Hq() const { return Hkv * group; }
@@ -192,7 +202,7 @@ struct fuzz_case {
        << "," << mask_ext[1] << "," << mask_ext[2] << ") bias=" << use_bias << " key_lengths=" << key_lengths.size()
        << " alibi=" << slopes.size() << " sinks=" << sinks.size() << " softcap=" << opt.softcap
        << " scale=" << (opt.scale ? *opt.scale : -1.0) << " masked_rows=" << static_cast<int>(opt.masked_rows)
-       << " lse=" << want_lse << " defect=" << defect_name(bad);
+       << " lse=" << want_lse << " defect=" << defect_name(bad) << " huge_threads=" << huge_threads;
     return os.str();
   }
 };
@@ -233,6 +243,28 @@ inline fuzz_case decode_case(byte_reader& in, bool self_attention) {
   c.want_lse = in.one_in(3);
   if (in.one_in(4)) c.bad = static_cast<defect>(1 + in.take(static_cast<std::uint32_t>(defect::count) - 1));
   return c;
+}
+
+/// An extreme size: INT64_MAX, near it, half of it, or far past any length here.
+inline index_t pick_extreme(byte_reader& in) {
+  constexpr index_t max = std::numeric_limits<index_t>::max();
+  constexpr index_t picks[] = {max, max - 1, max / 2, max / 2 + 1, index_t{1} << 40, index_t{1} << 32, 1000, 257};
+  return picks[in.take(8)];
+}
+/// `value` most of the time, an extreme one about one time in six.
+inline index_t extreme(byte_reader& in, index_t value) { return in.one_in(6) ? pick_extreme(in) : value; }
+
+/// The options' overflow-prone fields at extremes (read after everything else).
+inline void decode_extremes(byte_reader& in, fuzz_case& c) {
+  if (in.one_in(5)) {
+    if (in.one_in(2))
+      c.opt.window.left = pick_extreme(in);
+    else if (in.one_in(2))
+      c.opt.window.right = pick_extreme(in);
+    else
+      c.opt.window = {pick_extreme(in), pick_extreme(in)};
+  }
+  c.huge_threads = in.one_in(6);
 }
 
 /// Runs one decoded case for one policy; aborts on a finding.
@@ -287,6 +319,12 @@ void check_case(const Policy& pol, fuzz_case c) {
   std::vector<std::uint8_t> wrong_mask;
   // An empty view may be null and overlaps nothing: those defects need Lq > 0.
   if ((c.bad == defect::null_q || c.bad == defect::out_overlaps_q) && c.Lq == 0) c.bad = defect::negative_extent;
+  int long_axis = -1;  // an axis of out with extent > 1 (batch, heads or seq)
+  for (int a : {2, 1, 0})
+    if (long_axis < 0 && ov.extent[static_cast<std::size_t>(a)] > 1 && c.Dv > 0) long_axis = a;
+  if (c.bad == defect::out_huge_stride && (long_axis < 0 || c.Lq == 0)) c.bad = defect::negative_extent;
+  if (c.bad == defect::out_self_overlap && c.Lq < 2) c.bad = defect::negative_extent;
+  if (c.bad == defect::lse_overlaps_k && (c.Lk == 0 || c.Lq == 0)) c.bad = defect::negative_extent;
   switch (c.bad) {
     case defect::none: break;
     case defect::k_dim: kv.extent[3] = c.D + 1; k.make(c.B, c.Hkv, c.Lk, c.D + 1, 0); kv = k.view; break;
@@ -318,6 +356,9 @@ void check_case(const Policy& pol, fuzz_case c) {
     case defect::threads: opt.num_threads = -1; break;
     case defect::scale_nan: opt.scale = std::nan(""); break;
     case defect::softcap_negative: opt.softcap = -1.0f; break;
+    case defect::out_huge_stride: ov.stride[static_cast<std::size_t>(long_axis)] = index_t{1} << 62; break;
+    case defect::out_self_overlap: ov.stride[2] = c.Dv - 1; break;         // Lq >= 2: rows overlap (or broadcast)
+    case defect::lse_overlaps_k: opt.lse = k.buf.data() + 1; break;
     case defect::count: break;
   }
 
@@ -421,13 +462,14 @@ void check_case(const Policy& pol, fuzz_case c) {
     if (!same_bits(lse.back(), stored_tensor::sentinel)) report("write past the LSE buffer", desc);
   }
 
-  // Thread-count independence: 3 threads give bitwise the same output.
+  // Thread-count independence: 3 threads (or a million, lowered to the cap) give
+  // bitwise the same output.
   const std::vector<float> once = out.buf;
-  opt.num_threads = 3;
+  opt.num_threads = c.huge_threads ? 1'000'000 : 3;
   attnkit::attention(pol, attnkit::tensor_view<const float>(qv), attnkit::tensor_view<const float>(kv),
                      attnkit::tensor_view<const float>(vv), ov, opt);
   for (std::size_t i = 0; i < once.size(); ++i)
-    if (!same_bits(once[i], out.buf[i])) report("1 and 3 threads differ", desc);
+    if (!same_bits(once[i], out.buf[i])) report("1 and 3 (or a million) threads differ", desc);
   ++counts().compared;
   counts().rows += c.B * Hq * c.Lq;
 }
@@ -442,29 +484,78 @@ inline void run_one(const std::uint8_t* data, std::size_t size) {
   namespace pt = attnkit::pattern;
   const index_t w = static_cast<index_t>(in.take(24));
   std::vector<std::uint8_t> layout_bits;
+  // Every case reads its own fields first (the order inputs always decoded in),
+  // then their extremes, then the options' (decode_extremes).
+  const auto run = [&](const auto& pol) {
+    decode_extremes(in, c);
+    check_case(pol, c);
+  };
+  const auto ix = [&](std::uint32_t m) { return static_cast<index_t>(in.take(m)); };
   switch (variant) {
-    case 0: c.policy_name = "softmax"; check_case(ak::softmax{}, c); break;
-    case 1: c.policy_name = "softmax(precise)"; check_case(ak::softmax{.exp = ak::exp_mode::precise}, c); break;
-    case 2: c.policy_name = "sigmoid"; check_case(ak::sigmoid{}, c); break;
-    case 3: c.policy_name = "linear(elu+1)"; check_case(ak::linear{ak::feature::elu_plus_one{}}, c); break;
-    case 4: c.policy_name = "log_normal"; check_case(ak::log_normal{}, c); break;
-    case 5: c.policy_name = "log_normal(diag)"; check_case(ak::log_normal{.diag = true}, c); break;
-    case 6: c.policy_name = "sliding_window"; check_case(ak::sparse{pt::sliding_window{w, static_cast<index_t>(in.take(5))}}, c); break;
-    case 7: c.policy_name = "sink_window"; check_case(ak::sparse{pt::sink_window{static_cast<index_t>(in.take(5)), w}}, c); break;
-    case 8: c.policy_name = "dilated_window"; check_case(ak::sparse{pt::dilated_window{w, 1 + static_cast<index_t>(in.take(3))}}, c); break;
-    case 9: c.policy_name = "neighborhood_1d"; check_case(ak::sparse{pt::neighborhood_1d{1 + w, 1 + static_cast<index_t>(in.take(3))}}, c); break;
-    case 10: c.policy_name = "power_attention"; check_case(ak::sparse{pt::power_attention{1 + w, static_cast<index_t>(in.take(3)), static_cast<index_t>(in.take(3))}}, c); break;
+    case 0: c.policy_name = "softmax"; run(ak::softmax{}); break;
+    case 1: c.policy_name = "softmax(precise)"; run(ak::softmax{.exp = ak::exp_mode::precise}); break;
+    case 2: c.policy_name = "sigmoid"; run(ak::sigmoid{}); break;
+    case 3: c.policy_name = "linear(elu+1)"; run(ak::linear{ak::feature::elu_plus_one{}}); break;
+    case 4: c.policy_name = "log_normal"; run(ak::log_normal{}); break;
+    case 5: c.policy_name = "log_normal(diag)"; run(ak::log_normal{.diag = true}); break;
+    case 6: {
+      c.policy_name = "sliding_window";
+      const index_t right = ix(5);
+      run(ak::sparse{pt::sliding_window{extreme(in, w), extreme(in, right)}});
+      break;
+    }
+    case 7: {
+      c.policy_name = "sink_window";
+      const index_t sinks = ix(5);
+      run(ak::sparse{pt::sink_window{extreme(in, sinks), extreme(in, w)}});
+      break;
+    }
+    case 8: {
+      c.policy_name = "dilated_window";
+      const index_t dil = 1 + ix(3);
+      run(ak::sparse{pt::dilated_window{extreme(in, w), extreme(in, dil)}});
+      break;
+    }
+    case 9: {
+      c.policy_name = "neighborhood_1d";
+      const index_t dil = 1 + ix(3);
+      run(ak::sparse{pt::neighborhood_1d{extreme(in, 1 + w), extreme(in, dil)}});
+      break;
+    }
+    case 10: {
+      c.policy_name = "power_attention";
+      const index_t sinks = ix(3), local = ix(3);
+      run(ak::sparse{pt::power_attention{extreme(in, 1 + w), extreme(in, sinks), extreme(in, local)}});
+      break;
+    }
     case 11: {
       c.policy_name = "block_sparse";
-      const index_t bq = 1 + static_cast<index_t>(in.take(40)), bk = 1 + static_cast<index_t>(in.take(40));
+      const index_t bq = 1 + ix(40), bk = 1 + ix(40);
       const index_t nq = (c.Lq + bq - 1) / bq, nk = (c.Lk + bk - 1) / bk;
       layout_bits.resize(static_cast<std::size_t>(std::max<index_t>(1, nq * nk)));
       for (auto& x : layout_bits) x = in.one_in(2) ? 1 : 0;
-      check_case(ak::sparse{pt::block_sparse{reinterpret_cast<const bool*>(layout_bits.data()), bq, bk, nq, nk}}, c);
+      // Extreme blocks: one block holds every row (or key); the layout's first
+      // cell then decides, and the counts stay 1 (or what they were).
+      const index_t ebq = extreme(in, bq), ebk = extreme(in, bk);
+      const index_t enq = ebq == bq ? nq : 1, enk = ebk == bk ? nk : 1;
+      if (enq * enk > nq * nk) layout_bits.resize(static_cast<std::size_t>(enq * enk), 1);
+      run(ak::sparse{pt::block_sparse{reinterpret_cast<const bool*>(layout_bits.data()), ebq, ebk, enq, enk}});
       break;
     }
-    case 12: c.policy_name = "flex_prefill"; check_case(ak::sparse{pt::flex_prefill{.gamma = 0.5 + 0.05 * in.take(10), .block = 1 + static_cast<index_t>(in.take(40)), .min_budget = static_cast<index_t>(in.take(3))}}, c); break;
-    case 13: c.policy_name = "stochastic_permutation"; check_case(ak::stochastic_permutation{.window = w, .seed = in.take(1000), .kind = static_cast<ak::window_kind>(in.take(3))}, c); break;
+    case 12: {
+      c.policy_name = "flex_prefill";
+      const double gamma = 0.5 + 0.05 * in.take(10);
+      const index_t block = 1 + ix(40), budget = ix(3);
+      run(ak::sparse{pt::flex_prefill{.gamma = gamma, .block = extreme(in, block), .min_budget = extreme(in, budget)}});
+      break;
+    }
+    case 13: {
+      c.policy_name = "stochastic_permutation";
+      const std::uint64_t seed = in.take(1000);
+      const auto kind = static_cast<ak::window_kind>(in.take(3));
+      run(ak::stochastic_permutation{.window = extreme(in, w), .seed = seed, .kind = kind});
+      break;
+    }
     case 14: {
       // top_k: logits must order the same in float32 and float64 (fill_distinct_keys),
       // so nothing else is added to them.
@@ -473,14 +564,21 @@ inline void run_one(const std::uint8_t* data, std::size_t size) {
       c.use_bias = false;
       c.slopes.clear();
       c.opt.softcap = 0.0f;
-      const index_t kk = static_cast<index_t>(in.take(12));
-      if (in.one_in(2))
-        check_case(ak::sparse{pt::top_k{kk}}, c);
+      const index_t kk = ix(12);
+      const bool soft = in.one_in(2);
+      const index_t ek = extreme(in, kk);
+      if (soft)
+        run(ak::sparse{pt::top_k{ek}});
       else
-        check_case(ak::sparse{pt::top_k{kk}, ak::sigmoid{}}, c);
+        run(ak::sparse{pt::top_k{ek}, ak::sigmoid{}});
       break;
     }
-    case 15: c.policy_name = "sliding_window+sigmoid"; check_case(ak::sparse{pt::sliding_window{w, static_cast<index_t>(in.take(5))}, ak::sigmoid{}}, c); break;
+    case 15: {
+      c.policy_name = "sliding_window+sigmoid";
+      const index_t right = ix(5);
+      run(ak::sparse{pt::sliding_window{extreme(in, w), extreme(in, right)}, ak::sigmoid{}});
+      break;
+    }
     default: break;
   }
 }

@@ -75,7 +75,8 @@ struct options {
   std::optional<double> scale{};
   attnkit::causal causal = attnkit::causal::none;
   attnkit::window window{};
-  /// Boolean mask, true = attend; [B|1, Hq|1, Lq|1, Lk]; data == nullptr: none.
+  /// Mask, nonzero = attend (a bool or std::uint8_t view); [B|1, Hq|1, Lq|1, Lk];
+  /// data == nullptr: none.
   mask_view mask{};
   /// Additive bias added to the scaled logits; [B|1, Hq|1, Lq|1, Lk]; nullptr: none.
   bias_view bias{};

@@ -54,6 +54,12 @@ struct tensor_view {
   template <class U>
     requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
   constexpr tensor_view(const tensor_view<U>& o) noexcept : data(o.data), extent(o.extent), stride(o.stride) {}
+  /// A bool view converts to a byte view of the same memory (mask_view): masks are
+  /// read as bytes, nonzero = true, so any byte value is defined behaviour.
+  template <class U>
+    requires(std::is_same_v<T, const std::uint8_t> && std::is_same_v<std::remove_const_t<U>, bool>)
+  tensor_view(const tensor_view<U>& o) noexcept
+      : data(reinterpret_cast<const std::uint8_t*>(o.data)), extent(o.extent), stride(o.stride) {}
   constexpr tensor_view() noexcept = default;
   constexpr tensor_view(T* p, std::array<index_t, 4> e, std::array<index_t, 4> s) noexcept
       : data(p), extent(e), stride(s) {}
@@ -81,9 +87,11 @@ constexpr tensor_view<T> strided(T* data, std::array<index_t, 4> extent, std::ar
   return {data, extent, stride};
 }
 
-/// A boolean attention mask [batch|1, heads|1, Lq|1, Lk] (true = attend). Extent 1
-/// broadcasts along that axis. Build it with bhsd()/strided() over `const bool*`.
-using mask_view = tensor_view<const bool>;
+/// An attention mask [batch|1, heads|1, Lq|1, Lk], one byte per element, nonzero =
+/// attend. Extent 1 broadcasts along that axis. Build it with bhsd()/strided() over
+/// `const bool*` or `const std::uint8_t*` (a bool view converts; every byte value
+/// is read as nonzero or zero, never as a bool object).
+using mask_view = tensor_view<const std::uint8_t>;
 /// An additive logit bias [batch|1, heads|1, Lq|1, Lk], broadcast like mask_view.
 using bias_view = tensor_view<const float>;
 

@@ -8,11 +8,13 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <utility>
 
 #include "checked.hpp"
 #include "dropout.hpp"
 #include "error.hpp"
 #include "options.hpp"
+#include "../parallel/num_threads.hpp"
 #include "tensor_view.hpp"
 
 namespace attnkit {
@@ -116,24 +118,26 @@ void check_extent(const std::string& name, const tensor_view<T>& t, int a, index
 }
 
 template <class T>
-void check_unit_dim_stride(const std::string& name, const tensor_view<T>& t) {
+void check_unit_dim_stride(const std::string& name, const tensor_view<T>& t, const char* last_axis = "dim") {
   if (t.dim() > 1 && t.stride[dim_axis] != 1)
-    fail(name, "stride 'dim'", "1 (the head dimension must be contiguous)", t.stride[dim_axis]);
+    fail(name, std::string("stride '") + last_axis + "'", std::string("1 (the ") + last_axis + " axis must be contiguous)",
+         t.stride[dim_axis]);
 }
 
-/// Mask or bias: [B|1, Hq|1, Lq|1, Lk], last axis contiguous.
+/// Mask or bias: [B|1, Hq|1, Lq|1, Lk], the key axis ("keys") contiguous.
 template <class T>
 void check_broadcastable(const std::string& name, const tensor_view<T>& m, index_t B, index_t H, index_t Lq,
                          index_t Lk) {
   if (m.data == nullptr) return;
-  check_view_basics(name, m);
+  check_view_basics(name, m, "keys");
   const index_t want[3] = {B, H, Lq};
+  const char* what[3] = {"q.batch", "q.heads", "q.seq"};
   for (int a = 0; a < 3; ++a)
     if (m.extent[a] != want[a] && m.extent[a] != 1)
-      fail(name, std::string("extent '") + axis_name(a) + "'", std::to_string(want[a]) + " or 1 (broadcast)",
-           m.extent[a]);
-  if (m.extent[3] != Lk) fail(name, "extent 'dim' (keys)", std::to_string(Lk) + " (= k.seq)", m.extent[3]);
-  check_unit_dim_stride(name, m);
+      fail(name, std::string("extent '") + axis_name(a) + "'",
+           std::to_string(want[a]) + " (= " + what[a] + ") or 1 (broadcast)", m.extent[a]);
+  if (m.extent[3] != Lk) fail(name, "extent 'keys'", std::to_string(Lk) + " (= k.seq)", m.extent[3]);
+  check_unit_dim_stride(name, m, "keys");
 }
 
 /// options.positions: Δ = query − key computed without overflow and |Δ| <= max_position_delta.
@@ -155,6 +159,45 @@ inline void reject_positions(const options& opt, const char* who) {
   if (opt.positions) fail("options.positions", "", std::string("unset (not supported by ") + who + ")", "positions");
 }
 
+/// No two elements of an output view share an address. Exact for nested layouts
+/// (every BHSD / BSHD / padded or permuted one): taken by increasing stride, each
+/// axis of extent > 1 must step past everything the smaller-stride axes reach.
+/// A row stride smaller than Dv, say, would make two outputs one memory cell.
+template <class T>
+void check_distinct_elements(const std::string& name, const tensor_view<T>& t) {
+  if (t.empty()) return;
+  int order[4], n = 0;
+  for (int a = 0; a < 4; ++a)
+    if (t.extent[a] > 1) order[n++] = a;
+  for (int i = 1; i < n; ++i)  // insertion sort by stride (GCC 12 warns falsely on std::sort of 4)
+    for (int j = i; j > 0 && t.stride[order[j]] < t.stride[order[j - 1]]; --j) std::swap(order[j], order[j - 1]);
+  index_t reach = 0;  // largest offset of the axes taken so far (fits: the span was checked)
+  for (int i = 0; i < n; ++i) {
+    const int a = order[i];
+    if (t.stride[a] <= reach)
+      fail(name, std::string("stride '") + axis_name(a) + "'",
+           "> " + std::to_string(reach) + " (each element at its own address: the axes with smaller strides reach " +
+               std::to_string(reach) + ")",
+           t.stride[a]);
+    reach += (t.extent[a] - 1) * t.stride[a];
+  }
+}
+
+/// " (heads and seq swapped? …)" when view t has heads = want_seq and seq =
+/// want_heads: a bshd buffer described in bhsd argument order, or the reverse.
+template <class T>
+std::string swap_hint(const tensor_view<T>& t, index_t want_heads, index_t want_seq) {
+  if (t.heads() == t.seq() || t.heads() != want_seq || t.seq() != want_heads) return "";
+  return "; heads and seq swapped? bshd() takes (data, batch, seq, heads, dim), bhsd() takes (data, batch, heads, "
+         "seq, dim)";
+}
+
+/// The memory an argument occupies, for the overlap checks.
+struct named_span {
+  const char* name;
+  byte_span span;
+};
+
 }  // namespace detail
 
 /// Shape facts of a validated call.
@@ -162,6 +205,39 @@ struct problem_shape {
   index_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, k_len = 0, head_dim = 0, value_dim = 0;
   index_t group() const noexcept { return kv_heads ? q_heads / kv_heads : 0; }
 };
+
+namespace detail {
+/// Extents of q, k, v and out against each other.
+template <class TQ, class TK, class TV, class TO>
+void check_shapes(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                  const tensor_view<TO>& out, const problem_shape& s) {
+  if (s.head_dim == 0) fail("q", "extent 'dim'", "> 0", 0);
+  if (s.value_dim == 0) fail("v", "extent 'dim'", "> 0", 0);
+  // q and out with heads and seq swapped against each other: usually the inputs
+  // were described in the wrong order (bshd buffers passed to bhsd(), or the
+  // argument order of one mixed up), so q is named rather than out.
+  if (q.heads() != q.seq() && out.heads() == q.seq() && out.seq() == q.heads())
+    fail("q", "extents 'heads' and 'seq'",
+         "heads = " + std::to_string(out.heads()) + " and seq = " + std::to_string(out.seq()) +
+             " (as out; if q is right, out is the view to fix)" + swap_hint(q, out.heads(), out.seq()),
+         "heads = " + std::to_string(q.heads()) + " and seq = " + std::to_string(q.seq()));
+  check_extent("k", k, batch_axis, s.batch, "= q.batch");
+  check_extent("v", v, batch_axis, s.batch, "= q.batch");
+  check_extent("k", k, dim_axis, s.head_dim, "= q.dim");
+  if (s.kv_heads == 0 && s.q_heads != 0) fail("k", "extent 'heads'", "> 0", 0);
+  if (s.kv_heads != 0 && s.q_heads % s.kv_heads != 0) {
+    std::string hint;
+    if (k.seq() > 0 && s.q_heads % k.seq() == 0) hint = swap_hint(k, k.seq(), k.heads());
+    fail("k", "extent 'heads'", "a divisor of q.heads = " + std::to_string(s.q_heads) + " (GQA)" + hint, s.kv_heads);
+  }
+  check_extent("v", v, head_axis, s.kv_heads, "= k.heads" + swap_hint(v, s.kv_heads, s.k_len));
+  check_extent("v", v, seq_axis, s.k_len, "= k.seq" + swap_hint(v, s.kv_heads, s.k_len));
+  check_extent("out", out, batch_axis, s.batch, "= q.batch");
+  check_extent("out", out, head_axis, s.q_heads, "= q.heads");
+  check_extent("out", out, seq_axis, s.q_len, "= q.seq");
+  check_extent("out", out, dim_axis, s.value_dim, "= v.dim");
+}
+}  // namespace detail
 
 /// Validates q/k/v/out/options of an attention call; throws invalid_argument_error
 /// naming the argument and the expected vs actual value. `require_contiguous_dim`
@@ -175,21 +251,8 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   detail::check_view_basics("k", k);
   detail::check_view_basics("v", v);
   detail::check_view_basics("out", out);
-  problem_shape s{q.batch(), q.heads(), k.heads(), q.seq(), k.seq(), q.dim(), v.dim()};
-  if (s.head_dim == 0) fail("q", "extent 'dim'", "> 0", 0);
-  if (s.value_dim == 0) fail("v", "extent 'dim'", "> 0", 0);
-  detail::check_extent("k", k, batch_axis, s.batch, "= q.batch");
-  detail::check_extent("v", v, batch_axis, s.batch, "= q.batch");
-  detail::check_extent("k", k, dim_axis, s.head_dim, "= q.dim");
-  if (s.kv_heads == 0 && s.q_heads != 0) fail("k", "extent 'heads'", "> 0", 0);
-  if (s.kv_heads != 0 && s.q_heads % s.kv_heads != 0)
-    fail("k", "extent 'heads'", "a divisor of q.heads = " + std::to_string(s.q_heads) + " (GQA)", s.kv_heads);
-  detail::check_extent("v", v, head_axis, s.kv_heads, "= k.heads");
-  detail::check_extent("v", v, seq_axis, s.k_len, "= k.seq");
-  detail::check_extent("out", out, batch_axis, s.batch, "= q.batch");
-  detail::check_extent("out", out, head_axis, s.q_heads, "= q.heads");
-  detail::check_extent("out", out, seq_axis, s.q_len, "= q.seq");
-  detail::check_extent("out", out, dim_axis, s.value_dim, "= v.dim");
+  const problem_shape s{q.batch(), q.heads(), k.heads(), q.seq(), k.seq(), q.dim(), v.dim()};
+  detail::check_shapes(q, k, v, out, s);
   if (require_contiguous_dim) {
     detail::check_unit_dim_stride("q", q);
     detail::check_unit_dim_stride("k", k);
@@ -199,50 +262,65 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   for (int a = 0; a < 4 && !out.empty(); ++a)
     if (out.extent[a] > 1 && out.stride[a] == 0)
       fail("out", std::string("stride '") + detail::axis_name(a) + "'", "> 0 (outputs may not broadcast)", 0);
+  detail::check_distinct_elements("out", out);
 
   // Options.
   if (opt.scale && !std::isfinite(*opt.scale)) fail("options.scale", "", "a finite value", *opt.scale);
+  if (opt.causal != causal::none && opt.causal != causal::top_left && opt.causal != causal::bottom_right)
+    fail("options.causal", "", "causal::none, top_left or bottom_right", static_cast<int>(opt.causal));
   if (opt.window.left < -1) fail("options.window", "left", ">= -1 (-1 = unbounded)", opt.window.left);
   if (opt.window.right < -1) fail("options.window", "right", ">= -1 (-1 = unbounded)", opt.window.right);
   if (!(opt.softcap >= 0.0f) || !std::isfinite(opt.softcap))
     fail("options.softcap", "", ">= 0 and finite (0 = off)", opt.softcap);
+  if (opt.masked_rows != masked_rows::zero && opt.masked_rows != masked_rows::nan)
+    fail("options.masked_rows", "", "masked_rows::zero or nan", static_cast<int>(opt.masked_rows));
   if (opt.num_threads < 0) fail("options.num_threads", "", ">= 0 (0 = automatic)", opt.num_threads);
   detail::check_positions(opt);
   detail::check_dropout(opt.dropout, s.batch, s.q_heads, s.q_len, s.k_len);
   if (require_contiguous_dim && opt.dropout.active())  // the kernels' calls; the oracle implements dropout
     fail("options.dropout", "p", "0 (dropout is not supported by the kernel yet; reference::attention implements it)",
          opt.dropout.p);
+  if (opt.num_threads == 0) detail::env_num_threads();  // an invalid ATTNKIT_NUM_THREADS is reported now
   detail::check_broadcastable("options.mask", opt.mask, s.batch, s.q_heads, s.q_len, s.k_len);
   detail::check_broadcastable("options.bias", opt.bias, s.batch, s.q_heads, s.q_len, s.k_len);
   if (!opt.key_lengths.empty()) {
     if (static_cast<index_t>(opt.key_lengths.size()) != s.batch)
-      fail("options.key_lengths", "size", s.batch, opt.key_lengths.size());
+      fail("options.key_lengths", "size", std::to_string(s.batch) + " (= q.batch)", opt.key_lengths.size());
+    if (opt.key_lengths.data() == nullptr) fail("options.key_lengths", "data", "non-null", "nullptr");
     for (std::size_t b = 0; b < opt.key_lengths.size(); ++b)
       if (opt.key_lengths[b] < 0 || opt.key_lengths[b] > s.k_len)
-        fail("options.key_lengths", "element " + std::to_string(b), "in [0, " + std::to_string(s.k_len) + "]",
+        fail("options.key_lengths", "element " + std::to_string(b), "in [0, " + std::to_string(s.k_len) + "] (k.seq)",
              opt.key_lengths[b]);
-    if (opt.key_lengths.data() == nullptr) fail("options.key_lengths", "data", "non-null", "nullptr");
   }
   if (!opt.alibi_slopes.empty() && static_cast<index_t>(opt.alibi_slopes.size()) != s.q_heads)
     fail("options.alibi_slopes", "size", std::to_string(s.q_heads) + " (= q.heads)", opt.alibi_slopes.size());
+  if (!opt.alibi_slopes.empty() && opt.alibi_slopes.data() == nullptr)
+    fail("options.alibi_slopes", "data", "non-null", "nullptr");
   if (!opt.sinks.empty() && static_cast<index_t>(opt.sinks.size()) != s.q_heads)
     fail("options.sinks", "size", std::to_string(s.q_heads) + " (= q.heads)", opt.sinks.size());
+  if (!opt.sinks.empty() && opt.sinks.data() == nullptr) fail("options.sinks", "data", "non-null", "nullptr");
 
-  // Aliasing: the output may not overlap any input (results would depend on order).
-  const auto o = detail::byte_range(out);
-  if (detail::overlaps(o, detail::byte_range(q))) fail("out", "memory", "no overlap with q", "overlap");
-  if (detail::overlaps(o, detail::byte_range(k))) fail("out", "memory", "no overlap with k", "overlap");
-  if (detail::overlaps(o, detail::byte_range(v))) fail("out", "memory", "no overlap with v", "overlap");
-  if (opt.mask.data && detail::overlaps(o, detail::byte_range(opt.mask)))
-    fail("out", "memory", "no overlap with options.mask", "overlap");
-  if (opt.bias.data && detail::overlaps(o, detail::byte_range(opt.bias)))
-    fail("out", "memory", "no overlap with options.bias", "overlap");
+  // Aliasing: an output may not overlap any input (results would depend on the
+  // order of reads and writes), nor the other output.
+  const detail::named_span inputs[] = {
+      {"q", detail::byte_range(q)},
+      {"k", detail::byte_range(k)},
+      {"v", detail::byte_range(v)},
+      {"options.mask", opt.mask.data ? detail::byte_range(opt.mask) : detail::byte_span{}},
+      {"options.bias", opt.bias.data ? detail::byte_range(opt.bias) : detail::byte_span{}},
+      {"options.key_lengths", detail::byte_range(opt.key_lengths)},
+      {"options.alibi_slopes", detail::byte_range(opt.alibi_slopes)},
+      {"options.sinks", detail::byte_range(opt.sinks)},
+  };
+  const detail::byte_span o = detail::byte_range(out);
+  for (const auto& in : inputs)
+    if (detail::overlaps(o, in.span)) fail("out", "memory", std::string("no overlap with ") + in.name, "overlap");
   if (opt.lse) {
     const detail::byte_span lr = detail::bytes_at(opt.lse, s.batch * s.q_heads * s.q_len, sizeof(float));
+    if (lr.hi == UINTPTR_MAX) fail("options.lse", "memory", "a buffer inside the address space", "a wrapping range");
     if (detail::overlaps(o, lr)) fail("options.lse", "memory", "no overlap with out", "overlap");
-    if (detail::overlaps(lr, detail::byte_range(q)) || detail::overlaps(lr, detail::byte_range(k)) ||
-        detail::overlaps(lr, detail::byte_range(v)))
-      fail("options.lse", "memory", "no overlap with q, k or v", "overlap");
+    for (const auto& in : inputs)
+      if (detail::overlaps(lr, in.span)) fail("options.lse", "memory", std::string("no overlap with ") + in.name, "overlap");
   }
   return s;
 }

@@ -22,15 +22,40 @@
 namespace attnkit {
 
 namespace detail {
-template <class Arch, class P, class KV, class Observer>
-void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                    const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
+
+/// The checks of a call that need no data: the views and options (validate_call)
+/// and the policy's own against the shape. attention() runs them before anything
+/// else; attention_varlen runs them for every sequence before the first one runs.
+/// (Kernelised policies check their options and fields first thing in their
+/// kernels; those checks do not depend on the sequence lengths.)
+template <class P, class KV>
+problem_shape check_call(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                         const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt) {
   const problem_shape shape = validate_call(q, k, v, out, opt);
-  workspace_lease lease(opt.workspace);
-  workspace& ws = lease.get();
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     static_assert(check_weight_function<P>());
     check_weight_options<P>(opt);
+  } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
+    static_assert(check_weight_function<decltype(pol.inner)>());
+    check_weight_options<decltype(pol.inner)>(opt);
+    reject_positions(opt, "sparse patterns");
+    pattern::check_arguments(pol.pattern, shape, opt);
+  } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
+    static_assert(std::is_convertible_v<const P&, const stochastic_permutation&>,
+                  "attnkit: the permutation family has one skeleton, for stochastic_permutation");
+    reject_positions(opt, "stochastic permutation attention");
+    check_permutation_arguments(pol, shape);
+  }
+  return shape;
+}
+
+template <class Arch, class P, class KV, class Observer>
+void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                    const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
+  const problem_shape shape = check_call(pol, q, k, v, out, opt);
+  workspace_lease lease(opt.workspace);
+  workspace& ws = lease.get();
+  if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     if (shape.q_len * shape.group() <= decode_max_rows)
       run_decode<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
@@ -38,20 +63,12 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
       run_quadratic<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::pattern>) {
-    using inner = decltype(pol.inner);
-    static_assert(check_weight_function<inner>());
-    check_weight_options<inner>(opt);
-    reject_positions(opt, "sparse patterns");
-    pattern::check_arguments(pol.pattern, shape, opt);  // before the observer hears of the call
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     run_sparse<Arch>(pol, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::permutation>) {
-    static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
-    reject_positions(opt, "stochastic permutation attention");
-    check_permutation_arguments(pol, shape);
+    const auto perms = policy_permutations(pol, shape.k_len, shape.kv_heads, ws);  // validated; kept alive for the call
     if constexpr (Observer::enabled) obs.begin(shape, opt);
-    const auto perms = policy_permutations(pol, shape.k_len, shape.kv_heads, ws);  // kept alive for the call
     run_rank_window<Arch>(pol, *perms, shape, q, k, v, out, opt, obs, ws);
     if constexpr (Observer::enabled) obs.end();
   } else if constexpr (std::is_same_v<typename P::family, family::kernelized>) {

@@ -140,7 +140,7 @@ struct ops {
       if (!((keep >> i) & 1u)) t[i] = -std::numeric_limits<float>::infinity();
     return vf::load_unaligned(t);
   }
-  ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const bool* keep) noexcept {
+  ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const std::uint8_t* keep) noexcept {
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
       const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep));
@@ -203,7 +203,7 @@ struct ops<scalar> {
   ATTNKIT_FORCE_INLINE static vf mask_bits(vf x, std::uint32_t keep) noexcept {
     return (keep & 1u) ? x : -std::numeric_limits<float>::infinity();
   }
-  ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const bool* keep) noexcept {
+  ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const std::uint8_t* keep) noexcept {
     return *keep ? x : -std::numeric_limits<float>::infinity();
   }
   ATTNKIT_FORCE_INLINE static float count_finite(vf x) noexcept { return x != -std::numeric_limits<float>::infinity() ? 1.0f : 0.0f; }

@@ -26,7 +26,7 @@ inline void apply_elementwise(float* tile, index_t tile_stride, index_t len, int
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
     const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
-    const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
+    const std::uint8_t* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
     float* s = tile + r * tile_stride;
     for (index_t jj = 0; jj < len; ++jj) {
       const index_t j = j0 + jj;
@@ -69,7 +69,7 @@ inline void apply_elementwise_tile(typename simd::ops<Arch>::vf (&acc)[R][NC], i
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
     const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
-    const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
+    const std::uint8_t* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
     const float flo = static_cast<float>(lo[r]), fhi = static_cast<float>(hi[r]);
     const vf diag = O::set1(static_cast<float>(i + bk.delta));
     for (int c = 0; c < NC; ++c) {
