@@ -162,7 +162,7 @@ namespace {
 struct nesting_observer {
   static constexpr bool enabled = true;
   static constexpr bool wants_entropy = false;
-  static constexpr bool wants_first_logit = false;
+  [[maybe_unused]] static constexpr bool wants_first_logit = false;  // part of the observer protocol
   const problem* inner = nullptr;
   std::vector<float>* inner_out = nullptr;
   std::atomic<int> rows{0};
@@ -200,7 +200,7 @@ namespace {
 struct reuse_observer {
   static constexpr bool enabled = true;
   static constexpr bool wants_entropy = false;
-  static constexpr bool wants_first_logit = false;
+  [[maybe_unused]] static constexpr bool wants_first_logit = false;  // part of the observer protocol
   const problem* p;
   options o;
   std::atomic<int> refused{0};
