@@ -29,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --tsan) tsan=1 ;;
     --build-dir) [[ $# -ge 2 ]] || { echo "error: --build-dir needs a value" >&2; exit 2; }; build_dir=$2; shift ;;
     --build-dir=*) build_dir=${1#*=} ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
