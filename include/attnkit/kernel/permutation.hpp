@@ -133,10 +133,10 @@ struct permutation_cache {
   }
 };
 
-/// The permutations a policy uses for n tokens: one per kv head, or one shared.
-/// They are a pure function of (n, seed, layer, head key), so the workspace keeps
-/// the last set and a stream of same-length calls does not redraw them (drawing is
-/// ~2% of a call at N = 16384).
+/// The permutations a policy uses for n tokens: one per kv head, or one shared
+/// (permutations_for). Drawn ones are a pure function of (n, seed, layer, head
+/// key), so the workspace keeps the last set and a stream of same-length calls does
+/// not redraw them (drawing is ~2% of a call at N = 16384).
 inline std::shared_ptr<const std::vector<std::vector<index_t>>> policy_permutations(const stochastic_permutation& pol,
                                                                                     index_t n, index_t kv_heads,
                                                                                     workspace& ws) {
@@ -144,12 +144,12 @@ inline std::shared_ptr<const std::vector<std::vector<index_t>>> policy_permutati
   permutation_cache& cache = ws.shared().get<permutation_cache>();
   auto& last = cache.last;
   auto& cached = cache.cached;
+  if (pol.explicit_order())  // the caller's orders: validated and copied every call, never cached
+    return std::make_shared<const std::vector<std::vector<index_t>>>(permutations_for(pol, n, kv_heads));
   const index_t count = pol.share_across_heads ? 1 : kv_heads;
   const draw_key key{n, count, pol.seed, pol.layer};
   if (cached && key == last) return cached;
-  auto perms = std::make_shared<std::vector<std::vector<index_t>>>();
-  for (index_t g = 0; g < count; ++g) perms->push_back(make_permutation(n, pol.seed, pol.layer, pol.head_key(g)));
-  cached = std::move(perms);
+  cached = std::make_shared<const std::vector<std::vector<index_t>>>(permutations_for(pol, n, kv_heads));
   last = key;
   return cached;
 }

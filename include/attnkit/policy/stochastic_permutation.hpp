@@ -17,6 +17,8 @@
 /// i keeps each window key with probability ≈ i/n).
 #include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,13 @@ enum class window_kind : unsigned char { symmetric, one_sided, circular };
 /// Stochastic permutation policy. The permutation is keyed by (seed, layer, head),
 /// where head is the kv head (query heads of one GQA group share it) or 0 when
 /// `share_across_heads`; the same permutation is used for every batch.
+///
+/// A permutation drawn elsewhere (NumPy, a learned or sorted order) is given
+/// instead of the seed through `permutations` (one span per kv head, or a single
+/// span for every head) or `permute` (a callable that fills kv head g's order);
+/// π[r] is the token at rank r over the call's k.seq tokens. Kernel and oracle use
+/// exactly the given order; it is validated (length, a true permutation) before
+/// anything is written.
 struct stochastic_permutation {
   using family = attnkit::family::permutation;
   index_t window = 256;
@@ -40,9 +49,17 @@ struct stochastic_permutation {
   std::uint64_t layer = 0;
   window_kind kind = window_kind::symmetric;
   bool share_across_heads = false;
+  /// Explicit orders, one per kv head or one for all; must outlive the call. Empty:
+  /// drawn from (seed, layer, head).
+  std::span<const std::span<const index_t>> permutations{};
+  /// Or a callable: permute(g, order) fills kv head g's order (order.size() = k.seq);
+  /// called for g = 0 only when `share_across_heads`.
+  std::function<void(index_t g, std::span<index_t> order)> permute{};
 
   /// The head key of kv head g.
   std::uint64_t head_key(index_t g) const noexcept { return share_across_heads ? 0 : static_cast<std::uint64_t>(g); }
+  /// True when the orders come from the caller rather than the seeded draw.
+  bool explicit_order() const noexcept { return !permutations.empty() || static_cast<bool>(permute); }
 };
 
 namespace detail {
@@ -82,6 +99,49 @@ inline std::vector<index_t> make_permutation(index_t n, std::uint64_t seed, std:
     std::swap(p[static_cast<std::size_t>(i)], p[static_cast<std::size_t>(j)]);
   }
   return p;
+}
+
+namespace detail {
+/// Throws unless `p` is a permutation of 0 … n − 1 (named `what` in the message).
+inline void check_is_permutation(std::span<const index_t> p, index_t n, const std::string& what) {
+  if (static_cast<index_t>(p.size()) != n)
+    fail(what, "length", std::to_string(n) + " (= k.seq)", p.size());
+  std::vector<bool> seen(static_cast<std::size_t>(n), false);
+  for (index_t x : p) {
+    if (x < 0 || x >= n || seen[static_cast<std::size_t>(x)])
+      fail(what, "entries", "a permutation of 0 … k.seq − 1 (each token once)", x);
+    seen[static_cast<std::size_t>(x)] = true;
+  }
+}
+}  // namespace detail
+
+/// The orders (π per kv head, or one shared) a call of `pol` uses for n tokens and
+/// `kv_heads` kv heads: the caller's (validated) or the seeded draw. The kernels and
+/// the oracle both take them from here.
+inline std::vector<std::vector<index_t>> permutations_for(const stochastic_permutation& pol, index_t n,
+                                                          index_t kv_heads) {
+  std::vector<std::vector<index_t>> perms;
+  const index_t count = pol.share_across_heads ? 1 : kv_heads;
+  if (!pol.permutations.empty()) {
+    const auto given = static_cast<index_t>(pol.permutations.size());
+    if (given != 1 && given != kv_heads)
+      detail::fail("policy.permutations", "size", "1 or k.heads = " + std::to_string(kv_heads), given);
+    for (index_t g = 0; g < given; ++g) {
+      const auto p = pol.permutations[static_cast<std::size_t>(g)];
+      detail::check_is_permutation(p, n, "policy.permutations[" + std::to_string(g) + "]");
+      perms.emplace_back(p.begin(), p.end());
+    }
+  } else if (pol.permute) {
+    for (index_t g = 0; g < count; ++g) {
+      std::vector<index_t> p(static_cast<std::size_t>(n), -1);
+      pol.permute(g, p);
+      detail::check_is_permutation(p, n, "policy.permute(" + std::to_string(g) + ")");
+      perms.push_back(std::move(p));
+    }
+  } else {
+    for (index_t g = 0; g < count; ++g) perms.push_back(make_permutation(n, pol.seed, pol.layer, pol.head_key(g)));
+  }
+  return perms;
 }
 
 /// Ranks r(i) = π⁻¹(i) of a permutation.

@@ -300,15 +300,14 @@ result attention(const stochastic_permutation& pol, const std::vector<std::vecto
   });
 }
 
-/// The permutations a stochastic_permutation call uses, one per kv head.
+/// The permutations a stochastic_permutation call uses, one per kv head or one shared:
+/// the policy's explicit orders (validated) or its seeded draw.
 inline std::vector<std::vector<index_t>> permutations_of(const stochastic_permutation& pol, index_t n,
                                                          index_t kv_heads) {
-  std::vector<std::vector<index_t>> perms;
-  for (index_t g = 0; g < kv_heads; ++g) perms.push_back(make_permutation(n, pol.seed, pol.layer, pol.head_key(g)));
-  return perms;
+  return permutations_for(pol, n, kv_heads);
 }
 
-/// Stochastic permutation attention with the policy's seeded permutations.
+/// Stochastic permutation attention with the policy's permutations (seeded or explicit).
 template <detail::element TQ, detail::element TK, detail::element TV, class TO>
 result attention(const stochastic_permutation& pol, const tensor_view<TQ>& q, const tensor_view<TK>& k,
                  const tensor_view<TV>& v, const tensor_view<TO>& out, const options& opt = {},
