@@ -119,7 +119,7 @@ TEST_CASE("entropy observer vs reference oracle: softmax rows and head statistic
   }
 }
 
-TEST_CASE("entropy observer vs reference oracle: dilated patterns in residue order", "[observe][reference]") {
+TEST_CASE("entropy observer vs reference oracle: reordered and gathered patterns", "[observe][reference]") {
   // Self-attention with dilation > 1 runs on ranks in residue order (token 0 is
   // rank 0): rows, n_i, first-token and top-k mass must still be the tokens' own.
   problem p(1, 4, 2, 203, 203, 40, 40, 78, 1.5f);
@@ -134,6 +134,9 @@ TEST_CASE("entropy observer vs reference oracle: dilated patterns in residue ord
   };
   SECTION("dilated window") { run(sparse{pattern::dilated_window{9, 3}}); }
   SECTION("neighbourhood 1-D") { run(sparse{pattern::neighborhood_1d{13, 4}}); }
+  // 7 × 29 = 203 tokens: grid rows gather their bands, key 0 sits inside the first
+  // rows' gathered blocks (first-token mass from the right column).
+  SECTION("neighbourhood 2-D (gathered)") { run(sparse{pattern::neighborhood_2d{7, 29, 3, 5, 1}}); }
 }
 
 TEST_CASE("entropy observer vs reference oracle: sinks and sigmoid", "[observe][reference]") {

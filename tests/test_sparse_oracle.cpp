@@ -51,6 +51,34 @@ TEMPLATE_LIST_TEST_CASE("static and block-selection patterns match the oracle", 
   check<TestType>(sparse{pattern::sink_window{4, 30}}, p, ab, "sink window + ALiBi + softcap");
 }
 
+// Self-attention on a 2-D grid with dilation 1 and no positional option gathers each
+// grid row's band of keys column by column (kernel/sparse/pattern_keys.hpp,
+// gathered_keys): every query's keys become one run. Kernels odd and even, clipped
+// at the borders or larger than the grid, a one-column grid, GQA, softcap, the
+// sigmoid inner policy, the entropy observer (key 0 sits inside a gathered block);
+// dilation 2 and a causal mask take the position-space path.
+TEMPLATE_LIST_TEST_CASE("2-D neighbourhood (gathered grid rows) matches the oracle", "[sparse][oracle]",
+                        attnkit_test::archs) {
+  struct grid_case {
+    index_t h, w, kh, kw, d;
+  };
+  const grid_case cases[] = {{15, 20, 5, 7, 1}, {7, 13, 4, 6, 1}, {5, 6, 9, 9, 1},
+                             {11, 1, 3, 3, 1},  {9, 17, 1, 1, 1}, {12, 10, 5, 3, 2}};
+  options capped;
+  capped.softcap = 5.0f;
+  options causal_opt;
+  causal_opt.causal = causal::bottom_right;
+  for (const grid_case& g : cases) {
+    const index_t L = g.h * g.w;
+    problem p(2, 4, 2, L, L, 40, 24, 23);
+    const pattern::neighborhood_2d na{g.h, g.w, g.kh, g.kw, g.d};
+    INFO("grid " << g.h << "x" << g.w << " kernel " << g.kh << "x" << g.kw << " dilation " << g.d);
+    for (const options& o : {options{}, capped, causal_opt}) check<TestType>(sparse{na}, p, o, "neighbourhood 2-D");
+    const auto e = compare_with_oracle<TestType>(sparse{na, sigmoid{}}, p, {});
+    CHECK(e.out <= tol);
+  }
+}
+
 // Self-attention with dilation > 1 and no positional option runs in residue order
 // (kernel/sparse/pattern_keys.hpp, rank_keys): queries and keys of one residue class side by
 // side, a plain band on ranks. Odd lengths (groups of unequal size), groups smaller

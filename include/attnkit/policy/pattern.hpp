@@ -13,6 +13,9 @@
 ///   index_t row_block() const;      // strips never straddle blocks of this many rows
 ///   index_t band() const;           // every row sees at most this many keys (0: unbounded)
 ///   void check(const problem_shape&, const options&) const;             // validation
+///   index_t gather_rows() const;    // rows are gathered in blocks of this many (0: not this call)
+///   void gather_keys(const pattern::gather_query&, std::vector<index_t>& keys) const;
+///   key_range gathered_hull(const pattern::row_query&, const pattern::gather_query&) const;
 ///   bool rank_order(const pattern::rank_query&, std::vector<index_t>& order) const;
 ///   key_range rank_hull(const pattern::rank_row&) const;                 // (token reordering:
 ///   index_t rank_band() const;                                           //  each row's exact run)
@@ -59,6 +62,9 @@ ATTNKIT_DETAIL_MEMBER_DETECTOR(check)
 ATTNKIT_DETAIL_MEMBER_DETECTOR(rank_order)
 ATTNKIT_DETAIL_MEMBER_DETECTOR(rank_hull)
 ATTNKIT_DETAIL_MEMBER_DETECTOR(rank_band)
+ATTNKIT_DETAIL_MEMBER_DETECTOR(gather_rows)
+ATTNKIT_DETAIL_MEMBER_DETECTOR(gather_keys)
+ATTNKIT_DETAIL_MEMBER_DETECTOR(gathered_hull)
 
 namespace attnkit {
 
@@ -88,6 +94,14 @@ struct tile_query {
 /// What a reordering hook is asked for: a self-attention call over n tokens.
 struct rank_query {
   index_t n = 0;
+};
+
+/// A block of query rows [row_begin, row_end) whose keys a gathering pattern packs
+/// side by side (gather_keys), in an order where each row's keys are one run.
+struct gather_query {
+  index_t batch = 0, head = 0;
+  index_t row_begin = 0, row_end = 0;
+  index_t q_len = 0, k_len = 0, delta = 0;
 };
 
 /// One query row in rank space: the token at `rank` of `order` (order[r] = token).
@@ -240,6 +254,29 @@ struct pattern_hooks {
                     "attnkit: pattern hook `check` must be `void check(const attnkit::problem_shape&, const attnkit::options&) const`");
       p.check(sh, opt);
     }
+  }
+  // Gathering (self-attention without positional options): rows in blocks of
+  // gather_rows(); each block's keys packed in gather_keys' order, where each row's
+  // keys are the exact run gathered_hull (positions in that list).
+  static constexpr bool gathers = has_member_gather_keys<P> || has_member_gathered_hull<P>;
+  static index_t gather_rows(const P& p) {
+    static_assert(has_member_gather_rows<P> && has_member_gather_keys<P> && has_member_gathered_hull<P>,
+                  "attnkit: a gathering pattern needs `gather_rows`, `gather_keys` and `gathered_hull`");
+    static_assert(requires { { p.gather_rows() } -> std::convertible_to<index_t>; },
+                  "attnkit: pattern hook `gather_rows` must be `index_t gather_rows() const`");
+    return p.gather_rows();
+  }
+  static void gather_keys(const P& p, const pattern::gather_query& g, std::vector<index_t>& keys) {
+    static_assert(requires { p.gather_keys(g, keys); },
+                  "attnkit: pattern hook `gather_keys` must be "
+                  "`void gather_keys(const attnkit::pattern::gather_query&, std::vector<index_t>& keys) const`");
+    p.gather_keys(g, keys);
+  }
+  static key_range gathered_hull(const P& p, const pattern::row_query& r, const pattern::gather_query& g) {
+    static_assert(requires { { p.gathered_hull(r, g) } -> std::same_as<key_range>; },
+                  "attnkit: pattern hook `gathered_hull` must be "
+                  "`key_range gathered_hull(const attnkit::pattern::row_query&, const attnkit::pattern::gather_query&) const`");
+    return p.gathered_hull(r, g);
   }
   static constexpr bool reorders = has_member_rank_order<P> || has_member_rank_hull<P>;
   // rank_order fills `order` with the token at each rank and returns false when the

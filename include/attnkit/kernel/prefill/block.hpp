@@ -32,19 +32,17 @@ struct block_ref {
   int n = 0;
 };
 
-/// One task: query rows [row0, row0 + n) of head (b, h). With a pattern that
-/// reorders rows, `next` (the task this thread will likely run next) has its
-/// query rows prefetched during this one's key loop.
+/// Query rows [row0, row0 + n) of head (b, h) against packed head `bg` of c.kv.
+/// With a pattern that reorders rows, `next` (the task this thread will likely run
+/// next) has its query rows prefetched during this one's key loop.
 template <class Arch, class Pol, class Obs, class Keys>
-void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, index_t b, index_t h, index_t row0,
-               int n, const block_ref& next = {}) {
+void run_rows(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, index_t b, index_t h, index_t row0, int n,
+              const block_ref& next, index_t bg) {
   using tile = simd::tile_shape<Arch>;
   constexpr int MR = tile::rows, BN = tile::keys;
   const problem_shape& sh = c.shape;
   const options& opt = c.opt;
-  const index_t D = sh.head_dim, Dvp = c.kv.vdim_padded;
-  const index_t g = h / sh.group();
-  const index_t bg = b * sh.kv_heads + g;
+  const index_t D = sh.head_dim, Dvp = c.kv->vdim_padded;
   const batch_keys bk = keys_of_batch(opt, b, sh.q_len, sh.k_len);
 
   block_scratch& sc = c.ws.slot(slot).template get<block_scratch>();
@@ -83,7 +81,11 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, ind
   for (int r = 0; r < n; ++r) {
     simd::scale_copy<Arch>(c.q.row(b, h, token(row0 + r)), c.q_scale, sc.q.data() + r * D, D);
     key_range kr = analytic_range(opt, bk, row0 + r);
-    if constexpr (Keys::active) {
+    if constexpr (Keys::gathers) {  // positions in the block's gathered keys
+      const key_range pr = c.keys.gathered_hull(b, h, row0 + r, row0, n);
+      kr.lo = std::max(kr.lo, pr.lo);
+      kr.hi = std::max(kr.lo, std::min(kr.hi, pr.hi));
+    } else if constexpr (Keys::active) {
       const key_range pr = c.keys.hull(b, h, row0 + r);
       kr.lo = std::max(kr.lo, pr.lo);
       kr.hi = std::max(kr.lo, std::min(kr.hi, pr.hi));
@@ -164,7 +166,7 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, ind
       simd::prefetch_row(c.q.row(next.b, next.h, i), static_cast<std::size_t>(D) * sizeof(float));
     }
     if (pf_key < BN) {
-      c.kv.prefetch_sources(bg, pf_tile, pf_key, pf_key + pf_keys);
+      c.kv->prefetch_sources(bg, pf_tile, pf_key, pf_key + pf_keys);
       pf_key += pf_keys;
     }
   };
@@ -203,6 +205,57 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, ind
     finalize_row<Arch, Pol>(c.shape, c.opt, c.out, obs, b, h, token(row0 + r), sc.m[r], l, sc.t[r], sc.count[r],
                             sc.o.data() + r * Dvp, row_extras{sc.first[r], K ? sc.topk.data() + r * K : nullptr, K},
                             sc.extras.data());
+  }
+}
+
+/// A gathering block's own packing: its keys (token indices, in packing order)
+/// packed into Kᵀ panels and V rows in the worker's slot.
+template <class Arch>
+struct gathered_block {
+  std::vector<index_t> keys;
+  typename packed_kv<Arch>::storage storage;
+  std::size_t bytes() const { return keys.capacity() * sizeof(index_t) + storage.bytes(); }
+};
+
+/// Packed key j of a gathered block is token keys[j].
+struct gathered_rows {
+  static constexpr bool identity = false;
+  const index_t* keys;
+  index_t operator()(index_t, index_t j) const { return keys[j]; }
+};
+
+/// One task: query rows [row0, row0 + n) of head (b, h). A gathering key set packs
+/// the block's own keys first (in the task, into the worker's slot) and runs the
+/// rows against them; otherwise the rows run against the call's packed K/V.
+template <class Arch, class Pol, class Obs, class Keys, class KV>
+void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, index_t b, index_t h, index_t row0, int n,
+               const block_ref& next, const tensor_view<const KV>& k, const tensor_view<const KV>& v) {
+  const index_t g = h / c.shape.group();
+  if constexpr (Keys::gathers) {
+    auto& gb = c.ws.slot(slot).template get<gathered_block<Arch>>();
+    c.keys.gather_keys(b, h, row0, n, gb.keys);
+    const auto nk = static_cast<index_t>(gb.keys.size());
+    // Views of head (b, g) whose `seq` extent is the gathered count: the packing
+    // reads token rows keys[j] through the real strides.
+    const auto head_of = [&](const tensor_view<const KV>& t) {
+      return tensor_view<const KV>(t.row(b, g, 0), {1, 1, nk, t.dim()}, t.stride);
+    };
+    const tensor_view<const KV> kh = head_of(k), vh = head_of(v);
+    const gathered_rows source{gb.keys.data()};
+    packed_kv<Arch> local;
+    block_scratch& sc = c.ws.slot(slot).template get<block_scratch>();
+    if (sc.wide.size() < static_cast<std::size_t>(16 * c.shape.head_dim))
+      sc.wide.resize(static_cast<std::size_t>(16 * c.shape.head_dim));
+    local.pack(kh, vh, 1, source, /*lazy=*/true, gb.storage, [&](int) { return sc.wide.data(); });
+    for (index_t kb = 0; kb < local.key_tiles; ++kb) local.ensure(0, kb, sc.wide.data());
+    quadratic_call<Arch, Pol, Keys> own = c;
+    own.kv = &local;
+    const auto at = std::find(gb.keys.begin(), gb.keys.end(), index_t{0});
+    own.key0 = at == gb.keys.end() ? -1 : static_cast<index_t>(at - gb.keys.begin());
+    run_rows(own, obs, slot, b, h, row0, n, block_ref{}, 0);
+  } else {
+    (void)k, (void)v;
+    run_rows(c, obs, slot, b, h, row0, n, next, b * c.shape.kv_heads + g);
   }
 }
 

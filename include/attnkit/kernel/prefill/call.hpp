@@ -52,7 +52,7 @@ struct quadratic_call {
   const tensor_view<const float>& q;
   const tensor_view<float>& out;
   const options& opt;
-  const packed_kv<Arch>& kv;
+  const packed_kv<Arch>* kv;  ///< the call's packed K/V (a gathering block's own, in its task)
   workspace& ws;
   float q_scale = 1.0f;    ///< τ·logit_unit<Pol>
   bool elementwise = false;  ///< mask / bias / ALiBi / softcap present
@@ -64,6 +64,9 @@ struct quadratic_call {
   /// Every row sees at most this many keys (a local window or banded pattern), 0:
   /// unbounded. A narrow band is done a strip at once (strip_chunk).
   index_t band = 0;
+  /// Where key 0 (the observer's first-token key) sits among the packed keys; −1:
+  /// not packed (a gathered block without it).
+  index_t key0 = 0;
 };
 
 }  // namespace attnkit::detail

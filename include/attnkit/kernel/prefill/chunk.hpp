@@ -25,13 +25,22 @@ struct chunk_run {
   index_t key0, key1, col0;
 };
 
+/// The column (from cbeg) of key 0's logit in a chunk's buffer, −1 if the chunk
+/// does not hold it (the observer's first-token statistics).
+template <class Call>
+index_t first_column(const Call& c, const chunk_run* runs, int nruns, index_t cbeg) {
+  for (int u = 0; u < nruns; ++u)
+    if (runs[u].key0 <= c.key0 && c.key0 < runs[u].key1) return runs[u].col0 + (c.key0 - runs[u].key0) - cbeg;
+  return -1;
+}
+
 /// Steps 2 and 3 of strip_chunk on a filled buffer S (row stride ss) whose runs of
 /// consecutive visited keys are runs[0, nruns) (in key order, at least one).
 template <class Arch, class Pol, class Obs, class Keys>
 void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t bg,
                  float* S, index_t ss, const chunk_run* runs, int nruns, bool vbad, const weight_params_t<Pol>& wp) {
   constexpr int W = simd::ops<Arch>::width;
-  const index_t Dvp = c.kv.vdim_padded;
+  const index_t Dvp = c.kv->vdim_padded;
   const int r0 = sk.r0, R = sk.rows;
   // Computed columns: [first run's start, last run's end) (runs are in key order).
   const index_t cbeg = runs[0].col0;
@@ -39,12 +48,12 @@ void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   float* scale = sc.row_scale.data() + r0;
   for (int r = 0; r < R; ++r) {
     float* x = S + r * ss + cbeg;
-    if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, runs[0].key0 == 0);
+    if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, first_column(c, runs, nruns, cbeg));
     scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, sc.chunk_max.data() + r * W, wp);
   }
 
   // O = α·O + P·V.
-  const float* vhead = c.kv.v_head(bg);
+  const float* vhead = c.kv->v_head(bg);
   float* o = sc.o.data() + r0 * Dvp;
   if (vbad) [[unlikely]] {  // V holds NaN/Inf: only keys with a nonzero weight touch O
     for (int r = 0; r < R; ++r) {
@@ -93,7 +102,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   const index_t je = (std::min(sk.hi_hi, kb_hi * BN) + W - 1) / W * W;
   if (je <= js) return;
   const index_t kb0 = js / BN, kb1 = (je + BN - 1) / BN;
-  const float* khead = c.kv.k_head(bg);
+  const float* khead = c.kv->k_head(bg);
   // The buffer holds the visited tiles side by side; runs of consecutive tiles are
   // the P·V segments. ss: row stride, a whole number of tiles.
   constexpr index_t cap = chunk_capacity<Arch>;
@@ -140,7 +149,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       }
     }
     prefetch_some();  // visited tiles only: on an empty one the call cost more than the tile
-    vbad = c.kv.ensure(bg, kb, sc.wide.data()) || vbad;
+    vbad = c.kv->ensure(bg, kb, sc.wide.data()) || vbad;
     float* stile = S + cols;
     if (trimmed)
       for (int r = 0; r < R; ++r)

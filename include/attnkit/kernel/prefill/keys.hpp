@@ -30,6 +30,10 @@ namespace attnkit::detail {
 ///                                                  and writes token row token(h, i);
 ///                                                  packed key j of kv head g is key
 ///                                                  kv_token(g, j)
+///   gathers:       gather_rows(), gather_keys(b, h, row0, n, keys), gathered_hull(b, h, i, row0, n)
+///                                                — each task (a block of gather_rows() rows)
+///                                                  packs its own keys, in the order `keys`;
+///                                                  row i sees the exact run gathered_hull
 ///   index_t row_block()                          — strips never straddle row blocks (0: none)
 /// `sc` is the task's block_scratch (per-task state of data-dependent key sets).
 /// The keys the call sees are the adapter's, intersected with the options' masks.
@@ -41,6 +45,7 @@ struct key_set_base {
   static constexpr bool filters = false;
   static constexpr bool prepares = false;
   static constexpr bool reordered = false;
+  static constexpr bool gathers = false;
   constexpr index_t row_block() const noexcept { return 0; }
 };
 

@@ -219,7 +219,7 @@ inline void tile_logits_to(const quadratic_call<Arch, Pol, Keys>& c, block_scrat
 /// allowed-key count, key-0 logit, running top-k.
 template <class Arch, class Pol, class Keys>
 void observe_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, int row, const float* x,
-                    index_t n, bool has_key0) {
+                    index_t n, index_t key0_column) {
   using O = simd::ops<Arch>;
   constexpr int W = O::width;
   if (c.count_dynamic) {
@@ -227,7 +227,7 @@ void observe_logits(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc,
     for (index_t k = 0; k < n; k += W) cnt += O::count_finite(O::load(x + k));
     sc.count[row] += static_cast<index_t>(cnt);
   }
-  if (has_key0) sc.first[row] = x[0];
+  if (key0_column >= 0) sc.first[row] = x[key0_column];
   if (const int K = c.obs_topk; K > 0) {
     float* list = sc.topk.data() + row * K;
     for (index_t j = 0; j < n; ++j) topk_insert(list, K, x[j]);

@@ -46,17 +46,19 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   };
   if constexpr (Keys::reordered) {
     kv.pack(k, v, threads, reordered, band > 0, storage, wide_of);
-  } else {
+  } else if constexpr (!Keys::gathers) {  // a gathering key set packs each block's keys in its task
     kv.pack(k, v, threads, identity, band > 0, storage, wide_of);
   }
 
-  quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, kv, ws};
+  quadratic_call<Arch, Pol, Keys> c{keys, pol, sh, q, out, opt, &kv, ws};
   c.q_scale = static_cast<float>(resolved_scale(opt, sh.head_dim) * logit_unit<Pol>);
   c.elementwise = has_elementwise_terms(opt);
   if constexpr (Obs::enabled) c.obs_topk = std::max(0, obs.top_k());
   c.count_dynamic = c.elementwise || Keys::active;
   c.block_rows = choose_block_rows<Arch>(band);
-  if constexpr (Keys::active) {
+  if constexpr (Keys::gathers) {
+    c.block_rows = static_cast<int>(keys.gather_rows());  // one gathering block per task
+  } else if constexpr (Keys::active) {
     // Whole pattern row blocks per task: a task that starts mid-block cuts its
     // strips short twice (strips never straddle a pattern block).
     const index_t rb = keys.row_block();
@@ -91,7 +93,7 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
     // Tasks are handed out in order, so this thread's next is about `threads` on.
     const index_t next = task + threads;
     run_block<Arch>(c, obs, slot, blk.b, blk.h, blk.row0, blk.n,
-                    next < heads * q_blocks ? block_of(next) : block_ref{});
+                    next < heads * q_blocks ? block_of(next) : block_ref{}, k, v);
   });
 }
 

@@ -48,6 +48,36 @@ struct pattern_keys : key_set_base {
   index_t row_block() const { return hooks::row_block(pat); }
 };
 
+/// Gathering adapter: each task packs its block's keys in the pattern's order, and a
+/// row's keys are the exact run gathered_hull of that list (every tile full: the
+/// intervals alone mask, so `allowed` is never asked).
+template <class P>
+struct gathered_keys : key_set_base {
+  using hooks = pattern_hooks<P>;
+  static constexpr bool gathers = true;
+  const P& pat;
+  const options& opt;
+  index_t q_len = 0, k_len = 0;
+
+  pattern::gather_query block(index_t b, index_t h, index_t row0, index_t n) const {
+    const batch_keys bk = keys_of_batch(opt, b, q_len, k_len);
+    return {b, h, row0, row0 + n, q_len, bk.lk, bk.delta};
+  }
+  index_t gather_rows() const { return hooks::gather_rows(pat); }
+  void gather_keys(index_t b, index_t h, index_t row0, index_t n, std::vector<index_t>& keys) const {
+    hooks::gather_keys(pat, block(b, h, row0, n), keys);
+  }
+  key_range gathered_hull(index_t b, index_t h, index_t i, index_t row0, index_t n) const {
+    const pattern::gather_query g = block(b, h, row0, n);
+    return hooks::gathered_hull(pat, pattern::row_query{b, h, i, q_len, g.k_len, g.delta}, g);
+  }
+  key_range hull(index_t, index_t, index_t) const { return {0, k_len}; }  // unused: gathered_hull replaces it
+  tile_class classify(const block_scratch&, index_t, index_t, index_t, index_t, index_t, index_t) const {
+    return tile_class::full;
+  }
+  bool allowed(index_t, index_t, index_t, index_t) const { return true; }  // never asked: every tile is full
+};
+
 /// Rank-space adapter of a reordering pattern: skeleton row r is token order[r],
 /// packed key r is key order[r], and the row's keys are the exact run rank_hull(r).
 template <class P>

@@ -35,6 +35,14 @@ void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tens
     selection<P>::template run<Arch>(pol, sh, q, k, v, out, opt, obs, ws);
   } else {
     using hooks = pattern_hooks<P>;
+    if constexpr (hooks::gathers) {
+      // Blocks of rows that pack their own keys, each row's keys one run of them.
+      if (sh.q_len == sh.k_len && !has_positional_terms(opt) && hooks::gather_rows(pol.pattern) > 0) {
+        run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws,
+                            gathered_keys<P>{{}, pol.pattern, opt, sh.q_len, sh.k_len}, hooks::band(pol.pattern));
+        return;
+      }
+    }
     if constexpr (hooks::reorders) {
       // Self-attention whose rows carry no position-dependent option: each row's
       // keys may become one run of ranks — a plain band of full tiles.

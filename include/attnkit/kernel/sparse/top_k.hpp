@@ -88,7 +88,7 @@ struct top_k_keys : key_set_base {
   void prepare(const quadratic_call<Arch, Pol, top_k_keys>& c, block_scratch& sc, index_t b, index_t h,
                batch_keys bk, index_t row0, int n) const {
     top_k_block& s = state(sc);
-    const index_t D = c.shape.head_dim, tiles = c.kv.key_tiles;
+    const index_t D = c.shape.head_dim, tiles = c.kv->key_tiles;
     const index_t strips = (n + MR - 1) / MR;
     s.row0 = row0;
     s.tiles = tiles;
@@ -102,7 +102,7 @@ struct top_k_keys : key_set_base {
     grow(s.gmax, MR * tiles * NC);
     grow(s.vals, tiles * BN + W);
     const index_t bg = b * c.shape.kv_heads + h / c.shape.group();
-    const float* khead = c.kv.k_head(bg);
+    const float* khead = c.kv->k_head(bg);
 
     for (int r0 = 0; r0 < n; r0 += MR) {
       const int R = std::min(MR, n - r0);
@@ -117,7 +117,7 @@ struct top_k_keys : key_set_base {
       vf visible[MR];
       for (auto& x : visible) x = O::set1(0.0f);
       for (index_t kb = kb0; kb < kb1; ++kb) {
-        c.kv.ensure(bg, kb, sc.wide.data());  // a lazily packed call packs the tile here
+        c.kv->ensure(bg, kb, sc.wide.data());  // a lazily packed call packs the tile here
         const float* kpanel = khead + kb * D * BN;
         float* dst = s.logits.data() + (kb - kb0) * BN;
         float* gm = s.gmax.data() + (kb - kb0) * NC;

@@ -118,6 +118,29 @@ struct neighborhood_2d {
       if ((y - ys.lo) % dilation == 0) bits |= stride_bits(y * Wd + xs.lo, y * Wd + xs.hi, y * Wd + xs.lo, dilation, j0, n);
     return bits;
   }
+  /// Every query sees at most kernel_h × kernel_w keys.
+  constexpr index_t band() const noexcept { return detail::sat_mul(kernel_h, kernel_w); }
+  /// Gathering (dilation 1): each grid row of queries is one block; its keys are the
+  /// grid rows of its vertical window, gathered column by column, so query x's
+  /// kernel_h × kernel_w keys are one run: columns [xs, xs + kernel_w) of the block's
+  /// band (NATTEN's tiling of the grid, done as a gather).
+  constexpr index_t gather_rows() const noexcept { return dilation == 1 && width > 0 && height > 0 ? width : 0; }
+  void gather_keys(const gather_query& g, std::vector<index_t>& keys) const {
+    const index_t y = (g.row_begin + g.delta) / width;
+    const detail::stride_span band = detail::neighbor_span(y, height, kernel_h, 1);
+    keys.clear();
+    keys.reserve(static_cast<std::size_t>((band.hi - band.lo) * width));
+    for (index_t x = 0; x < width; ++x)
+      for (index_t r = band.lo; r < band.hi; ++r) keys.push_back(r * width + x);
+  }
+  constexpr key_range gathered_hull(const row_query& r, const gather_query& g) const noexcept {
+    const index_t p = r.position(), y = (g.row_begin + g.delta) / width;
+    if (p < 0 || p / width != y) return {0, 0};
+    const detail::stride_span band = detail::neighbor_span(y, height, kernel_h, 1);
+    const detail::stride_span cols = detail::neighbor_span(p % width, width, kernel_w, 1);
+    const index_t rows = band.hi - band.lo;
+    return {cols.lo * rows, cols.hi * rows};
+  }
   void check(const problem_shape& sh, const options&) const {
     using attnkit::detail::fail;
     if (height < 0) fail("pattern.height", "", ">= 0", height);
