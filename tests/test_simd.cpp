@@ -5,11 +5,13 @@
 #include <attnkit/simd/decode_kernels.hpp>
 #include <attnkit/simd/microkernel.hpp>
 #include <attnkit/simd/transpose.hpp>
+#include <attnkit/simd/widen.hpp>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "support.hpp"
@@ -288,5 +290,63 @@ TEMPLATE_LIST_TEST_CASE("decode kernels (dot16, dot16_bf16, pv_rows_kv) equal fl
     check_type(0.0f);
     check_type(bfloat16{});
     check_type(float16{});
+  }
+}
+
+// simd/isa.hpp: each instruction-set overload against the portable one, on every
+// compiled arch and on the default arch (AVX-512 BW here: the BW+VL byte mask).
+using isa_archs = decltype(std::tuple_cat(std::declval<simd::compiled_archs>(), std::tuple<simd::default_arch>{}));
+TEMPLATE_LIST_TEST_CASE("simd/isa.hpp: every overload equals the portable form", "[simd][isa]", isa_archs) {
+  if constexpr (!simd::is_scalar_v<TestType>) {
+    using vf = xsimd::batch<float, TestType>;
+    constexpr int W = static_cast<int>(vf::size);
+    INFO("arch " << simd::arch_name<TestType>());
+    const xsimd::generic portable{};
+    alignas(64) float in[64], a[64], b[64];
+    for (int i = 0; i < W; ++i) in[i] = static_cast<float>((i * 5) % W) - 4.5f;
+    in[W / 2] = -std::numeric_limits<float>::infinity();
+    const vf v = vf::load_aligned(in);
+    CHECK(simd::isa::reduce_max(v, TestType{}) == simd::isa::reduce_max(v, portable));
+    std::uint8_t keep[64];
+    for (int i = 0; i < W; ++i) keep[i] = static_cast<std::uint8_t>(i % 3 == 0 ? 0 : i * 37);
+    simd::isa::mask_bytes(v, keep, TestType{}).store_aligned(a);
+    simd::isa::mask_bytes(v, keep, portable).store_aligned(b);
+    for (int i = 0; i < W; ++i) CHECK(std::bit_cast<std::uint32_t>(a[i]) == std::bit_cast<std::uint32_t>(b[i]));
+    for (const std::uint32_t bits : {0u, 0xffffffffu, 0x5a5au, 0x80000001u}) {
+      simd::isa::mask_bits(v, bits, TestType{}).store_aligned(a);
+      simd::isa::mask_bits(v, bits, portable).store_aligned(b);
+      for (int i = 0; i < W; ++i) CHECK(std::bit_cast<std::uint32_t>(a[i]) == std::bit_cast<std::uint32_t>(b[i]));
+    }
+    // 2^n·p: n integral in [−126, 126], lanes below the underflow bound exact zeros.
+    alignas(64) float n[64], p[64], x[64];
+    for (int i = 0; i < W; ++i) {
+      n[i] = static_cast<float>(i * 17 % 253 - 126);
+      p[i] = 0.75f + 0.03f * static_cast<float>(i);
+      x[i] = i % 4 == 0 ? -130.0f : n[i];
+    }
+    const vf vn = vf::load_aligned(n), vp = vf::load_aligned(p), vx = vf::load_aligned(x);
+    simd::isa::scale_by_exp2(vp, vn, vx, simd::exp2_underflow, TestType{}).store_aligned(a);
+    simd::isa::scale_by_exp2(vp, vn, vx, simd::exp2_underflow, portable).store_aligned(b);
+    for (int i = 0; i < W; ++i) CHECK(a[i] == b[i]);
+    // Compaction of a W-key group.
+    float da[64], db[64];
+    const auto ca = simd::isa::compact_ge<W>(in, -1.0f, da, TestType{});
+    const auto cb = simd::isa::compact_ge<W>(in, -1.0f, db, portable);
+    REQUIRE(ca == cb);
+    for (std::ptrdiff_t i = 0; i < ca; ++i) CHECK(da[i] == db[i]);
+  }
+  // Widening 16-bit rows (odd length: vector body and scalar tail).
+  std::vector<bfloat16> hb(37);
+  std::vector<float16> hh(37);
+  for (int i = 0; i < 37; ++i) {
+    hb[i] = bfloat16::from_float(0.1f * static_cast<float>(i) - 1.7f);
+    hh[i] = float16::from_float(0.3f * static_cast<float>(i) - 5.1f);
+  }
+  std::vector<float> wb(37), wh(37);
+  widen(hb.data(), wb.data(), 37);
+  widen(hh.data(), wh.data(), 37);
+  for (int i = 0; i < 37; ++i) {
+    CHECK(wb[i] == hb[i].to_float());
+    CHECK(wh[i] == hh[i].to_float());
   }
 }

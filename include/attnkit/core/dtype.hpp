@@ -7,10 +7,6 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__) || defined(__F16C__)
-#include <immintrin.h>
-#endif
-
 #include "tensor_view.hpp"
 
 namespace attnkit {
@@ -80,31 +76,6 @@ inline constexpr float to_float(float x) noexcept { return x; }
 inline constexpr float to_float(bfloat16 x) noexcept { return x.to_float(); }
 inline constexpr float to_float(float16 x) noexcept { return x.to_float(); }
 
-/// dst[0..n) = float(src[0..n)), vectorised where the target has the instructions.
-template <class T>
-inline void widen(const T* src, float* dst, index_t n) noexcept {
-  index_t i = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
-    return;
-  }
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, bfloat16>) {
-    for (; i + 16 <= n; i += 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
-  } else {
-    for (; i + 16 <= n; i += 16)
-      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
-  }
-#elif defined(__F16C__)
-  if constexpr (std::is_same_v<T, float16>) {
-    for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  }
-#endif
-  for (; i < n; ++i) dst[i] = to_float(src[i]);
-}
+// Widening whole rows: attnkit::widen in simd/widen.hpp.
 
 }  // namespace attnkit

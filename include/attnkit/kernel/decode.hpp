@@ -15,6 +15,7 @@
 #include "prefill/epilogue.hpp"
 #include "prefill/logits.hpp"
 #include "weights.hpp"
+#include "../simd/widen.hpp"
 
 namespace attnkit::detail {
 

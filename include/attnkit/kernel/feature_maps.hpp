@@ -14,6 +14,7 @@
 #include "../policy/log_normal.hpp"
 #include "../policy/softmax.hpp"
 #include "kernelized.hpp"
+#include "../simd/widen.hpp"
 
 namespace attnkit::detail {
 

@@ -15,6 +15,7 @@
 
 #include "../simd/transpose.hpp"
 #include "prefill/schedule.hpp"
+#include "../simd/widen.hpp"
 
 namespace attnkit::detail {
 

@@ -10,20 +10,7 @@
 #include <limits>
 
 #include "arch.hpp"
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-/// Forces inlining of the helpers that work on register tiles. An out-of-line call
-/// makes the caller spill every live vector register (all are caller-saved), so a
-/// kernel whose 24 accumulators cross one such call runs at half speed. GCC's own
-/// heuristics drop these inlines once a caller has many template instances.
-#if defined(__GNUC__)
-#define ATTNKIT_FORCE_INLINE [[gnu::always_inline]] inline
-#else
-#define ATTNKIT_FORCE_INLINE inline
-#endif
+#include "isa.hpp"
 
 namespace attnkit::simd {
 
@@ -63,14 +50,7 @@ struct ops {
   /// Horizontal max; NaN if any lane is NaN.
   ATTNKIT_FORCE_INLINE static float reduce_max(vf v) noexcept {
     if (has_nan(v)) return std::numeric_limits<float>::quiet_NaN();
-#if defined(__AVX512F__)
-    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) return _mm512_reduce_max_ps(v);
-#endif
-    alignas(64) float t[width];
-    v.store_unaligned(t);
-    float m = t[0];
-    for (int i = 1; i < width; ++i) m = t[i] > m ? t[i] : m;
-    return m;
+    return isa::reduce_max(v, Arch{});
   }
   /// Lane j holds `start + j`.
   ATTNKIT_FORCE_INLINE static vf iota(float start) noexcept {
@@ -98,61 +78,23 @@ struct ops {
   }
   /// 2^x, fast polynomial; exact 0 for x < −125 (and for x = −inf), saturates at 2^126.
   ATTNKIT_FORCE_INLINE static vf exp2_fast(vf x) noexcept {
-#if defined(__AVX512F__)
-    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
-      // 2^n·p in one vscalefps, whose write mask gives the exact zeros below the
-      // underflow bound (NaN compares "not less", so it stays NaN). No lower clamp:
-      // lanes below the bound (−inf among them) are never read.
-      const vf xc = xsimd::min(vf(126.0f), x);  // NaN stays (the second operand)
-      const vf n = xsimd::nearbyint(xc);
-      const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(exp2_underflow), _CMP_NLT_UQ);
-      return _mm512_maskz_scalef_ps(keep, exp2_poly(xc - n), n);
-    }
-#endif
     // Constant first: x86 min/max return the second operand when either is NaN,
-    // so a NaN stays NaN through the clamp.
+    // so a NaN stays NaN through the clamp. Lanes below the underflow bound (−inf
+    // among them) come out as exact zeros from scale_by_exp2.
     const vf xc = xsimd::min(vf(126.0f), xsimd::max(vf(-126.0f), x));
     const vf n = xsimd::nearbyint(xc);
-    const vf p = exp2_poly(xc - n);
-    // 2^n through the exponent field. The integer comes from a float->int conversion,
-    // which maps NaN to INT_MIN (shifted out to 0), so p's NaN survives whatever its
-    // payload; reading n out of the mantissa bits would splice a payload into the
-    // exponent and turn some NaNs into numbers.
-    const vi ni = xsimd::to_int(n) << 23;
-    const vf res = xsimd::bitwise_cast<vf>(xsimd::bitwise_cast<vi>(p) + ni);
-    return xsimd::select(x < vf(exp2_underflow), vf(0.0f), res);
+    return isa::scale_by_exp2(exp2_poly(xc - n), n, x, exp2_underflow, Arch{});
   }
   ATTNKIT_FORCE_INLINE static vf exp2_precise(vf x) noexcept { return xsimd::exp2(x); }
   ATTNKIT_FORCE_INLINE static vf log1p(vf x) noexcept { return xsimd::log1p(x); }
   ATTNKIT_FORCE_INLINE static vf tanh(vf x) noexcept { return xsimd::tanh(x); }
   ATTNKIT_FORCE_INLINE static vf abs(vf x) noexcept { return xsimd::abs(x); }
   ATTNKIT_FORCE_INLINE static float first_lane(vf x) noexcept { return x.get(0); }
-  /// x where keep[lane] is true, else −inf (boolean attention mask, true = attend).
   /// x where bit l of `keep` is set (lane l), else −inf.
-  ATTNKIT_FORCE_INLINE static vf mask_bits(vf x, std::uint32_t keep) noexcept {
-#if defined(__AVX512F__)
-    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>)
-      return _mm512_mask_blend_ps(static_cast<__mmask16>(keep), _mm512_set1_ps(-std::numeric_limits<float>::infinity()), x);
-#endif
-    alignas(64) float t[width];
-    x.store_unaligned(t);
-    for (int i = 0; i < width; ++i)
-      if (!((keep >> i) & 1u)) t[i] = -std::numeric_limits<float>::infinity();
-    return vf::load_unaligned(t);
-  }
+  ATTNKIT_FORCE_INLINE static vf mask_bits(vf x, std::uint32_t keep) noexcept { return isa::mask_bits(x, keep, Arch{}); }
+  /// x where keep[lane] != 0, else −inf (boolean attention mask, true = attend).
   ATTNKIT_FORCE_INLINE static vf mask_bool(vf x, const std::uint8_t* keep) noexcept {
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep));
-      return _mm512_mask_blend_ps(_mm_test_epi8_mask(b, b), _mm512_set1_ps(-std::numeric_limits<float>::infinity()),
-                                  x);
-    }
-#endif
-    alignas(64) float t[width];
-    x.store_unaligned(t);
-    for (int i = 0; i < width; ++i)
-      if (!keep[i]) t[i] = -std::numeric_limits<float>::infinity();
-    return vf::load_unaligned(t);
+    return isa::mask_bytes(x, keep, Arch{});
   }
   /// Number of lanes that are not −inf.
   ATTNKIT_FORCE_INLINE static float count_finite(vf x) noexcept {

@@ -15,6 +15,7 @@
 #include "../../simd/microkernel.hpp"
 #include "../../simd/prefetch.hpp"
 #include "../../simd/transpose.hpp"
+#include "../../simd/widen.hpp"
 
 namespace attnkit::detail {
 

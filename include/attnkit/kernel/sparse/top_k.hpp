@@ -192,21 +192,10 @@ struct top_k_keys : key_set_base {
   /// Appends the logits of one W-key group that are ≥ t and not −inf to dst (which
   /// has room for W); returns how many.
   static index_t compact_ge(const float* x, float t, float* dst) noexcept {
-#if defined(__AVX512F__)
-    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {  // register compress, one store
-      const __m512 xv = _mm512_loadu_ps(x);
-      const __mmask16 m = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(t), _CMP_GE_OQ) &
-                          _mm512_cmp_ps_mask(xv, _mm512_set1_ps(neg_inf), _CMP_NEQ_OQ);
-      _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(m, xv));
-      return std::popcount(static_cast<unsigned>(m));
-    }
-#endif
-    index_t n = 0;  // branch-free
-    for (int j = 0; j < W; ++j) {
-      dst[n] = x[j];
-      n += x[j] >= t && x[j] != neg_inf;
-    }
-    return n;
+    if constexpr (simd::is_scalar_v<Arch>)
+      return simd::isa::compact_ge<W>(x, t, dst, xsimd::generic{});
+    else
+      return simd::isa::compact_ge<W>(x, t, dst, Arch{});
   }
 
   /// The k-th largest of x[0, n) (1 ≤ k ≤ n, no NaN): bisection on the values'
