@@ -76,6 +76,9 @@ TEMPLATE_LIST_TEST_CASE("2-D neighbourhood (gathered grid rows) matches the orac
     for (const options& o : {options{}, capped, causal_opt}) check<TestType>(sparse{na}, p, o, "neighbourhood 2-D");
     const auto e = compare_with_oracle<TestType>(sparse{na, sigmoid{}}, p, {});
     CHECK(e.out <= tol);
+    // Same shapes, other K/V bytes: what a worker packed in the previous call (same
+    // heads, same key lists) must not be reused.
+    check<TestType>(sparse{na}, problem(2, 4, 2, L, L, 40, 24, 24), {}, "neighbourhood 2-D, next call");
   }
 }
 

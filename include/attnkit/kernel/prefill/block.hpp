@@ -8,6 +8,7 @@
 #include "../../simd/prefetch.hpp"
 #include "chunk.hpp"
 #include "epilogue.hpp"
+#include "gather.hpp"
 
 namespace attnkit::detail {
 
@@ -208,22 +209,6 @@ void run_rows(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, inde
   }
 }
 
-/// A gathering block's own packing: its keys (token indices, in packing order)
-/// packed into Kᵀ panels and V rows in the worker's slot.
-template <class Arch>
-struct gathered_block {
-  std::vector<index_t> keys;
-  typename packed_kv<Arch>::storage storage;
-  std::size_t bytes() const { return keys.capacity() * sizeof(index_t) + storage.bytes(); }
-};
-
-/// Packed key j of a gathered block is token keys[j].
-struct gathered_rows {
-  static constexpr bool identity = false;
-  const index_t* keys;
-  index_t operator()(index_t, index_t j) const { return keys[j]; }
-};
-
 /// One task: query rows [row0, row0 + n) of head (b, h). A gathering key set packs
 /// the block's own keys first (in the task, into the worker's slot) and runs the
 /// rows against them; otherwise the rows run against the call's packed K/V.
@@ -234,20 +219,10 @@ void run_block(const quadratic_call<Arch, Pol, Keys>& c, Obs& obs, int slot, ind
   if constexpr (Keys::gathers) {
     auto& gb = c.ws.slot(slot).template get<gathered_block<Arch>>();
     c.keys.gather_keys(b, h, row0, n, gb.keys);
-    const auto nk = static_cast<index_t>(gb.keys.size());
-    // Views of head (b, g) whose `seq` extent is the gathered count: the packing
-    // reads token rows keys[j] through the real strides.
-    const auto head_of = [&](const tensor_view<const KV>& t) {
-      return tensor_view<const KV>(t.row(b, g, 0), {1, 1, nk, t.dim()}, t.stride);
-    };
-    const tensor_view<const KV> kh = head_of(k), vh = head_of(v);
-    const gathered_rows source{gb.keys.data()};
-    packed_kv<Arch> local;
     block_scratch& sc = c.ws.slot(slot).template get<block_scratch>();
     if (sc.wide.size() < static_cast<std::size_t>(16 * c.shape.head_dim))
       sc.wide.resize(static_cast<std::size_t>(16 * c.shape.head_dim));
-    local.pack(kh, vh, 1, source, /*lazy=*/true, gb.storage, [&](int) { return sc.wide.data(); });
-    for (index_t kb = 0; kb < local.key_tiles; ++kb) local.ensure(0, kb, sc.wide.data());
+    const packed_kv<Arch> local = pack_gathered<Arch>(gb, k, v, b, g, c.call_id, sc.wide.data());
     quadratic_call<Arch, Pol, Keys> own = c;
     own.kv = &local;
     const auto at = std::find(gb.keys.begin(), gb.keys.end(), index_t{0});

@@ -2,6 +2,7 @@
 /// \file
 /// What a prefill task works with: the call's resolved facts (quadratic_call)
 /// and a worker's scratch for one query block (block_scratch).
+#include <cstdint>
 #include <vector>
 
 #include "../../core/aligned.hpp"
@@ -67,6 +68,9 @@ struct quadratic_call {
   /// Where key 0 (the observer's first-token key) sits among the packed keys; −1:
   /// not packed (a gathered block without it).
   index_t key0 = 0;
+  /// This call's number (next_gather_call): a gathering key set reuses what a
+  /// worker's slot packed for the previous block only within one call.
+  std::uint64_t call_id = 0;
 };
 
 }  // namespace attnkit::detail

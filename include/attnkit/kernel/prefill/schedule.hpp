@@ -58,6 +58,7 @@ void run_quadratic(const Pol& pol, const problem_shape& sh, const tensor_view<co
   c.block_rows = choose_block_rows<Arch>(band);
   if constexpr (Keys::gathers) {
     c.block_rows = static_cast<int>(keys.gather_rows());  // one gathering block per task
+    c.call_id = next_gather_call();
   } else if constexpr (Keys::active) {
     // Whole pattern row blocks per task: a task that starts mid-block cuts its
     // strips short twice (strips never straddle a pattern block).

@@ -123,15 +123,17 @@ struct neighborhood_2d {
   /// Gathering (dilation 1): each grid row of queries is one block; its keys are the
   /// grid rows of its vertical window, gathered column by column, so query x's
   /// kernel_h × kernel_w keys are one run: columns [xs, xs + kernel_w) of the block's
-  /// band (NATTEN's tiling of the grid, done as a gather).
+  /// band (NATTEN's tiling of the grid, done as a gather). Within a column, grid row
+  /// r sits at slot r mod (band height): the next grid row's band keeps every other
+  /// row where it was, so the kernel repacks one grid row per block.
   constexpr index_t gather_rows() const noexcept { return dilation == 1 && width > 0 && height > 0 ? width : 0; }
   void gather_keys(const gather_query& g, std::vector<index_t>& keys) const {
     const index_t y = (g.row_begin + g.delta) / width;
     const detail::stride_span band = detail::neighbor_span(y, height, kernel_h, 1);
-    keys.clear();
-    keys.reserve(static_cast<std::size_t>((band.hi - band.lo) * width));
+    const index_t rows = band.hi - band.lo;
+    keys.resize(static_cast<std::size_t>(rows * width));
     for (index_t x = 0; x < width; ++x)
-      for (index_t r = band.lo; r < band.hi; ++r) keys.push_back(r * width + x);
+      for (index_t r = band.lo; r < band.hi; ++r) keys[static_cast<std::size_t>(x * rows + r % rows)] = r * width + x;
   }
   constexpr key_range gathered_hull(const row_query& r, const gather_query& g) const noexcept {
     const index_t p = r.position(), y = (g.row_begin + g.delta) / width;
