@@ -23,6 +23,7 @@
 /// Memory: O(BN·(M + Dv)) per worker, plus O(Lk·(M + Dv)) per worker without GQA
 /// and O(B·Hq·Lk·(M + Dv)) per call with it.
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -108,11 +109,13 @@ void run_kernelized_backward(const P& pol, const problem_shape& sh, const tensor
     using head = kernelized_head_backward<Arch, std::remove_cvref_t<decltype(fq)>, std::remove_cvref_t<decltype(fk)>, KV>;
     constexpr int W = simd::ops<Arch>::width, BN = head::BN;
     const index_t M = fq.dim(), Mp = (M + W - 1) / W * W, Dvp = (sh.value_dim + W - 1) / W * W;
-    // With GQA the group's heads leave per-key partials here, summed in phase 2.
-    aligned_vector<float> part_phik, part_v, part_k;
+    // With GQA the group's heads leave per-key partials here, summed in phase 2 (pass
+    // 2 zeroes each key tile of φk and v when it reaches it; keys ≥ lk are never read).
+    std::unique_ptr<float[]> part_phik, part_v;
+    aligned_vector<float> part_k;
     if (G > 1) {
-      part_phik.assign(static_cast<std::size_t>(sh.batch * Hq * Lk * Mp), 0.0f);
-      part_v.assign(static_cast<std::size_t>(sh.batch * Hq * Lk * Dvp), 0.0f);
+      part_phik.reset(new float[static_cast<std::size_t>(sh.batch * Hq * Lk * Mp)]);
+      part_v.reset(new float[static_cast<std::size_t>(sh.batch * Hq * Lk * Dvp)]);
       if (diag) part_k.assign(static_cast<std::size_t>(sh.batch * Hq * Lk * D), 0.0f);
     }
     parallel_for(sh.batch * Hq, threads, [&](index_t task, int slot) {
@@ -124,13 +127,11 @@ void run_kernelized_backward(const P& pol, const problem_shape& sh, const tensor
       float *dphik, *dvb, *dkd = nullptr;
       const index_t lk = hb.bk.lk;
       if (G > 1) {
-        dphik = part_phik.data() + task * Lk * Mp;
-        dvb = part_v.data() + task * Lk * Dvp;
+        dphik = part_phik.get() + task * Lk * Mp;
+        dvb = part_v.get() + task * Lk * Dvp;
         if (diag) dkd = part_k.data() + task * Lk * D;
       } else {
         grow(s.dphik, Lk * Mp), grow(s.dvb, Lk * Dvp);
-        std::fill_n(s.dphik.data(), lk * Mp, 0.0f);
-        std::fill_n(s.dvb.data(), lk * Dvp, 0.0f);
         dphik = s.dphik.data(), dvb = s.dvb.data();
         if (diag) {
           grow(s.dkd, Lk * D);
@@ -154,8 +155,8 @@ void run_kernelized_backward(const P& pol, const problem_shape& sh, const tensor
       std::vector<const float*> pk(static_cast<std::size_t>(G)), pv(pk.size()), pd(pk.size());
       for (index_t x = 0; x < G; ++x) {
         const index_t t = b * Hq + g * G + x;
-        pk[static_cast<std::size_t>(x)] = part_phik.data() + t * Lk * Mp;
-        pv[static_cast<std::size_t>(x)] = part_v.data() + t * Lk * Dvp;
+        pk[static_cast<std::size_t>(x)] = part_phik.get() + t * Lk * Mp;
+        pv[static_cast<std::size_t>(x)] = part_v.get() + t * Lk * Dvp;
         if (diag) pd[static_cast<std::size_t>(x)] = part_k.data() + t * Lk * D;
       }
       finish_keys<Arch>(fk, sh, b, g, tile * BN, std::min<index_t>(Lk, tile * BN + BN), k, dk, dv, opt, bo.accumulate,

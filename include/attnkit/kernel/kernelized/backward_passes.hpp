@@ -38,13 +38,13 @@ namespace attnkit::detail {
 
 /// A worker's buffers for the backward of one head (in its workspace slot).
 struct kernelized_backward_scratch {
-  aligned_vector<float> St, z, zpref, phik, vrows, vt, phiq, phiqT, g, gT, u, tile, R, Rt, rc, scaled_a, scaled_b, xrow,
-      dx, pw, dphik, dvb, dkd, dsum;
+  aligned_vector<float> St, z, zpref, vrows, vt, phiqT, g, gT, u, tile, R, Rt, rc, ccol, scaled_a, scaled_b, xrow, dx,
+      pw, pw_fwd, pw_rev, feat_q, feat_k, dphik, dvb, dkd, dsum;
   std::vector<float> inv_den, cq;  ///< per row of the head: 1/den_i (0: no key) and c_i
   std::size_t bytes() const {
     std::size_t n = (inv_den.capacity() + cq.capacity()) * sizeof(float);
-    for (const auto* x : {&St, &z, &zpref, &phik, &vrows, &vt, &phiq, &phiqT, &g, &gT, &u, &tile, &R, &Rt, &rc,
-                          &scaled_a, &scaled_b, &xrow, &dx, &pw, &dphik, &dvb, &dkd, &dsum})
+    for (const auto* x : {&St, &z, &zpref, &vrows, &vt, &phiqT, &g, &gT, &u, &tile, &R, &Rt, &rc, &ccol, &scaled_a,
+                          &scaled_b, &xrow, &dx, &pw, &pw_fwd, &pw_rev, &feat_q, &feat_k, &dphik, &dvb, &dkd, &dsum})
       n += x->capacity() * sizeof(float);
     return n;
   }
@@ -54,7 +54,9 @@ inline void grow(aligned_vector<float>& x, index_t n) {
   if (x.size() < static_cast<std::size_t>(n)) x.resize(static_cast<std::size_t>(n));
 }
 
-/// The backward of one (batch, query head) of the kernelised skeleton.
+/// The backward of one (batch, query head) of the kernelised skeleton. Pass 1 maps
+/// every query and key once and keeps the features (feat_q [Lq][Mp], feat_k
+/// [lk][Mp]) for pass 2.
 template <class Arch, class FQ, class FK, class KV>
 struct kernelized_head_backward {
   using O = simd::ops<Arch>;
@@ -75,6 +77,9 @@ struct kernelized_head_backward {
   batch_keys bk{};
   index_t M = 0, Mp = 0, D = 0, Dv = 0, Dvp = 0, Lq = 0;
   bool decay = false;
+  const float* phik = nullptr;  ///< the loaded keys' features: rows of feat_k
+  const float* phiq = nullptr;  ///< the loaded rows' features: rows of feat_q
+  index_t rows_r0 = -1, rows_n = 0;  ///< the rows load_rows last loaded (reused by absorb_rows)
 
   void init(index_t batch, index_t head) {
     b = batch, h = head, g = head / sh.group();
@@ -83,13 +88,24 @@ struct kernelized_head_backward {
     Mp = (M + W - 1) / W * W, Dvp = (Dv + W - 1) / W * W;
     const double lambda = prm.decay.empty() ? 1.0 : prm.decay[static_cast<std::size_t>(h)];
     decay = lambda != 1.0;
-    grow(s.pw, 2 * BN + 2);  // λ^t for every exponent a chunk needs (t ≤ BN + 1)
-    for (index_t t = 0; t < 2 * BN + 2; ++t) s.pw[static_cast<std::size_t>(t)] = static_cast<float>(std::pow(lambda, static_cast<double>(t)));
-    grow(s.St, Dv * Mp), grow(s.z, Mp), grow(s.zpref, (BN + 1) * Mp), grow(s.phik, BN * Mp), grow(s.vrows, BN * Dvp);
-    grow(s.vt, Dv * BN), grow(s.phiq, BN * Mp), grow(s.phiqT, M * BN), grow(s.g, BN * Dvp), grow(s.gT, Dv * BN);
-    grow(s.u, BN * Mp), grow(s.tile, MR * BN), grow(s.R, M * Dvp), grow(s.Rt, Dv * Mp), grow(s.rc, Mp);
+    // λ^t (t ≤ 2BN + 1); pw_fwd[BN + t] = λ^t and 0 below BN; pw_rev[2BN − t] = λ^t
+    // and 0 above 2BN: the decay of a tile row is then one contiguous slice, its
+    // masked part reading zeros (mask_tile_row).
+    grow(s.pw, 2 * BN + 2), grow(s.pw_fwd, 3 * BN + 2), grow(s.pw_rev, 3 * BN + 2);
+    std::fill_n(s.pw_fwd.data(), 3 * BN + 2, 0.0f);
+    std::fill_n(s.pw_rev.data(), 3 * BN + 2, 0.0f);
+    for (index_t t = 0; t <= 2 * BN + 1; ++t) {
+      const float x = static_cast<float>(std::pow(lambda, static_cast<double>(t)));
+      s.pw[static_cast<std::size_t>(t)] = x;
+      if (BN + t < 3 * BN + 2) s.pw_fwd[static_cast<std::size_t>(BN + t)] = x;
+      if (t <= 2 * BN) s.pw_rev[static_cast<std::size_t>(2 * BN - t)] = x;
+    }
+    grow(s.St, Dv * Mp), grow(s.z, Mp), grow(s.zpref, (BN + 1) * Mp), grow(s.vrows, BN * Dvp), grow(s.vt, Dv * BN);
+    grow(s.phiqT, M * BN), grow(s.g, BN * Dvp), grow(s.gT, Dv * BN), grow(s.u, BN * Mp), grow(s.tile, MR * BN);
+    grow(s.R, M * Dvp), grow(s.Rt, Dv * Mp), grow(s.rc, Mp), grow(s.ccol, BN);
     grow(s.scaled_a, BN * std::max(Mp, Dvp)), grow(s.scaled_b, BN * std::max(Mp, Dvp));
     grow(s.xrow, std::max(D, Dv)), grow(s.dx, D);
+    grow(s.feat_q, Lq * Mp), grow(s.feat_k, bk.lk * Mp);
     if (s.inv_den.size() < static_cast<std::size_t>(Lq)) s.inv_den.resize(static_cast<std::size_t>(Lq));
     if (s.cq.size() < static_cast<std::size_t>(Lq)) s.cq.resize(static_cast<std::size_t>(Lq));
   }
@@ -106,56 +122,65 @@ struct kernelized_head_backward {
     return lo;
   }
 
-  /// φk and v of keys [j0, j0 + n) into phik [n][Mp] and vrows [n][Dvp] (zero-padded
-  /// columns); with `transpose`, vᵀ into vt [Dv][BN]. Returns whether φk holds a NaN/Inf.
-  bool load_keys(index_t j0, index_t n, bool transpose) {
+  /// Keys [j0, j0 + n): φk from feat_k (mapped into it when `map`, zero-padded
+  /// columns) and v into vrows [n][Dvp]; with `transpose`, vᵀ into vt [Dv][BN].
+  /// Returns whether φk holds a NaN or Inf.
+  bool load_keys(index_t j0, index_t n, bool map, bool transpose) {
+    float* feat = s.feat_k.data() + j0 * Mp;
     for (index_t jj = 0; jj < n; ++jj) {
-      const float* x;
-      if constexpr (std::is_same_v<KV, float>) {
-        x = k.row(b, g, j0 + jj);
-      } else {
-        widen(k.row(b, g, j0 + jj), s.xrow.data(), D);
-        x = s.xrow.data();
+      if (map) {
+        const float* x;
+        if constexpr (std::is_same_v<KV, float>) {
+          x = k.row(b, g, j0 + jj);
+        } else {
+          widen(k.row(b, g, j0 + jj), s.xrow.data(), D);
+          x = s.xrow.data();
+        }
+        float* f = feat + jj * Mp;
+        fk.map(x, token_ref{b, g, j0 + jj, false, bk}, f);
+        std::fill(f + M, f + Mp, 0.0f);
       }
-      float* f = s.phik.data() + jj * Mp;
-      fk.map(x, token_ref{b, g, j0 + jj, false, bk}, f);
-      std::fill(f + M, f + Mp, 0.0f);
       float* vr = s.vrows.data() + jj * Dvp;
       widen(v.row(b, g, j0 + jj), vr, Dv);
       std::fill(vr + Dv, vr + Dvp, 0.0f);
     }
+    phik = feat;
     if (transpose) transpose_rows<Arch>(s.vrows.data(), Dvp, n, Dv, s.vt.data(), BN, BN);
-    return simd::any_nonfinite<Arch>(s.phik.data(), n * Mp);
+    return simd::any_nonfinite<Arch>(phik, n * Mp);
   }
 
-  /// φq, g = share·dO/den and c of rows [r0, r0 + n) (pass 2; den and c from pass 1)
-  /// into phiq [n][Mp], g [n][Dvp], and their transposes phiqT [M][BN], gT [Dv][BN].
-  /// Returns whether φq or g holds a NaN/Inf.
+  /// Rows [r0, r0 + n) for pass 2: φq from feat_q, g = share·dO/den and c (from pass
+  /// 1) into g [n][Dvp] and ccol, the transposes phiqT [M][BN], gT [Dv][BN].
+  /// Returns whether φq or g holds a NaN or Inf.
   bool load_rows(index_t r0, index_t n) {
+    phiq = s.feat_q.data() + r0 * Mp;
     for (index_t r = 0; r < n; ++r) {
       const index_t i = r0 + r;
-      float* f = s.phiq.data() + r * Mp;
-      fq.map(q.row(b, h, i), token_ref{b, h, i, true, bk}, f);
-      std::fill(f + M, f + Mp, 0.0f);
       simd::scale_copy<Arch>(dout.row(b, h, i), share * s.inv_den[static_cast<std::size_t>(i)], s.g.data() + r * Dvp, Dv);
       std::fill(s.g.data() + r * Dvp + Dv, s.g.data() + (r + 1) * Dvp, 0.0f);
+      s.ccol[static_cast<std::size_t>(r)] = s.cq[static_cast<std::size_t>(i)];
     }
-    transpose_rows<Arch>(s.phiq.data(), Mp, n, M, s.phiqT.data(), BN, BN);
+    std::fill(s.ccol.data() + n, s.ccol.data() + BN, 0.0f);
+    transpose_rows<Arch>(phiq, Mp, n, M, s.phiqT.data(), BN, BN);
     transpose_rows<Arch>(s.g.data(), Dvp, n, Dv, s.gT.data(), BN, BN);
-    return simd::any_nonfinite<Arch>(s.phiq.data(), n * Mp) || simd::any_nonfinite<Arch>(s.g.data(), n * Dvp);
+    rows_r0 = r0, rows_n = n;
+    return simd::any_nonfinite<Arch>(phiq, n * Mp) || simd::any_nonfinite<Arch>(s.g.data(), n * Dvp);
   }
 
   /// Pass 1: dq of every row of the head (written, or added with `accumulate`); fills
-  /// inv_den and cq for pass 2.
+  /// inv_den, cq, feat_q and feat_k for pass 2.
   void queries(const tensor_view<float>& dq, bool accumulate) {
     const bool causal_rows = opt.causal != causal::none;
     std::fill_n(s.St.data(), Dv * Mp, 0.0f);
     std::fill_n(s.z.data(), Mp, 0.0f);
-    index_t absorbed = 0, loaded_j0 = -1, loaded_n = 0;
+    index_t absorbed = 0, loaded_j0 = -1, loaded_n = 0, mapped = 0;
     bool keys_nonfinite = false;
     auto load = [&](index_t j0, index_t n) {
       if (j0 == loaded_j0 && n == loaded_n) return;  // the chunk's own keys are the next absorbed tile
-      keys_nonfinite = load_keys(j0, n, true);
+      // Tiles only move forward from key 0, so [0, mapped) is mapped; a tile reaching
+      // past it is mapped whole (the map is deterministic: recomputing a key is exact).
+      keys_nonfinite = load_keys(j0, n, j0 + n > mapped, true);
+      mapped = std::max(mapped, j0 + n);
       loaded_j0 = j0, loaded_n = n;
     };
     // Sᵀ ← λ^n Sᵀ + Σ_jj λ^{n−1−jj} v_jj φk_jjᵀ, z likewise, over the loaded keys.
@@ -168,8 +193,8 @@ struct kernelized_head_backward {
           for (index_t jj = 0; jj < n; ++jj) s.scaled_a[static_cast<std::size_t>(d * BN + jj)] = vt[d * BN + jj] * lam(n - 1 - jj);
         vt = s.scaled_a.data();
       }
-      gemm_acc<Arch>(Dv, Mp, n, vt, BN, s.phik.data(), Mp, s.St.data(), Mp);
-      for (index_t jj = 0; jj < n; ++jj) simd::axpy<Arch>(decay ? lam(n - 1 - jj) : 1.0f, s.phik.data() + jj * Mp, s.z.data(), Mp);
+      gemm_acc<Arch>(Dv, Mp, n, vt, BN, phik, Mp, s.St.data(), Mp);
+      for (index_t jj = 0; jj < n; ++jj) simd::axpy<Arch>(decay ? lam(n - 1 - jj) : 1.0f, phik + jj * Mp, s.z.data(), Mp);
     };
     for (index_t i0 = 0; i0 < Lq; i0 += BN) {
       const index_t rows = std::min<index_t>(BN, Lq - i0);
@@ -184,9 +209,11 @@ struct kernelized_head_backward {
       }
       const index_t a = absorbed, n = causal_rows ? p_last - a : 0;
       if (n > 0) load(a, n);
-      // φq, the rows' z (prefix sums of the chunk's keys on top of the state), den, g.
+      // φq (kept for pass 2), the rows' z (prefix sums of the chunk's keys on top of
+      // the state), den, g.
+      phiq = s.feat_q.data() + i0 * Mp;
       for (index_t r = 0; r < rows; ++r) {
-        float* f = s.phiq.data() + r * Mp;
+        float* f = s.feat_q.data() + (i0 + r) * Mp;
         fq.map(q.row(b, h, i0 + r), token_ref{b, h, i0 + r, true, bk}, f);
         std::fill(f + M, f + Mp, 0.0f);
       }
@@ -194,13 +221,13 @@ struct kernelized_head_backward {
       for (index_t t = 1; t <= n; ++t) {
         float* zt = s.zpref.data() + t * Mp;
         simd::scale_copy<Arch>(zt - Mp, decay ? lam(1) : 1.0f, zt, Mp);
-        simd::axpy<Arch>(1.0f, s.phik.data() + (t - 1) * Mp, zt, Mp);
+        simd::axpy<Arch>(1.0f, phik + (t - 1) * Mp, zt, Mp);
       }
       for (index_t r = 0; r < rows; ++r) {
         const index_t i = i0 + r, p = prefix(i);
         double inv = 0.0;
         if (p > 0)
-          inv = prm.normalize ? 1.0 / (static_cast<double>(simd::dot<Arch>(s.phiq.data() + r * Mp, s.zpref.data() + (p - a) * Mp, M)) + prm.eps)
+          inv = prm.normalize ? 1.0 / (static_cast<double>(simd::dot<Arch>(phiq + r * Mp, s.zpref.data() + (p - a) * Mp, M)) + prm.eps)
                               : 1.0;
         s.inv_den[static_cast<std::size_t>(i)] = static_cast<float>(inv);
         simd::scale_copy<Arch>(dout.row(b, h, i), share * static_cast<float>(inv), s.g.data() + r * Dvp, Dv);
@@ -216,12 +243,12 @@ struct kernelized_head_backward {
         for (index_t r0 = 0; r0 < rows; r0 += MR) {
           const int R = static_cast<int>(std::min<index_t>(MR, rows - r0));
           simd::qk_rows<Arch>(R, s.g.data() + r0 * Dvp, Dvp, s.vt.data(), Dv, s.tile.data());
-          for (int r = 0; r < R; ++r) {
-            const index_t upto = prefix(i0 + r0 + r) - a;  // keys jj < upto are seen
-            float* t = s.tile.data() + r * BN;
-            for (index_t jj = 0; jj < BN; ++jj) t[jj] = jj < upto ? t[jj] * (decay ? lam(upto - 1 - jj) : 1.0f) : 0.0f;
+          for (int r = 0; r < R; ++r) {  // keys jj < upto are seen, with weight λ^{upto−1−jj}
+            const index_t upto = prefix(i0 + r0 + r) - a;
+            mask_tile_row<Arch>(s.tile.data() + r * BN, BN, 0, upto, nullptr,
+                                decay ? s.pw_rev.data() + 2 * BN - upto + 1 : nullptr);
           }
-          masked_tile_acc<Arch>(R, s.tile.data(), BN, s.phik.data(), Mp, n, s.u.data() + r0 * Mp, Mp, Mp, keys_nonfinite);
+          masked_tile_acc<Arch>(R, s.tile.data(), BN, phik, Mp, n, s.u.data() + r0 * Mp, Mp, Mp, keys_nonfinite);
         }
       // c, dφq = u + c·z, dq = vjp.
       for (index_t r = 0; r < rows; ++r) {
@@ -230,7 +257,7 @@ struct kernelized_head_backward {
         float* ur = s.u.data() + r * Mp;
         float c = 0.0f;
         if (p > 0 && prm.normalize) {
-          c = -simd::dot<Arch>(s.phiq.data() + r * Mp, ur, M) * s.inv_den[static_cast<std::size_t>(i)];
+          c = -simd::dot<Arch>(phiq + r * Mp, ur, M) * s.inv_den[static_cast<std::size_t>(i)];
           simd::axpy<Arch>(c, s.zpref.data() + (p - a) * Mp, ur, M);
         }
         s.cq[static_cast<std::size_t>(i)] = c;
@@ -246,10 +273,14 @@ struct kernelized_head_backward {
           std::copy_n(s.dx.data(), D, dst);
       }
     }
+    // Keys no row of this head reaches were never mapped: pass 2 reads them too.
+    if (mapped < bk.lk) {
+      for (index_t j0 = mapped; j0 < bk.lk; j0 += BN) load_keys(j0, std::min<index_t>(BN, bk.lk - j0), true, false);
+    }
   }
 
-  /// Pass 2: adds dφk [lk][Mp] and dv [lk][Dvp] of this head's rows to the per-key
-  /// accumulators (rows ≥ lk untouched).
+  /// Pass 2: dφk [lk][Mp] and dv [lk][Dvp] of this head's rows into the per-key
+  /// accumulators (each key tile zeroed when reached; rows ≥ lk untouched).
   void keys(float* dphik, float* dvb) {
     const index_t lk = bk.lk;
     if (lk <= 0) return;
@@ -264,32 +295,34 @@ struct kernelized_head_backward {
       }
       for (index_t t0 = r0; t0 < r1; t0 += BN) {
         const index_t n = std::min<index_t>(BN, r1 - t0);
-        if (t0 != r0 || !loaded_rows(r0, n)) load_rows(t0, n);
+        if (!(t0 == rows_r0 && n == rows_n)) load_rows(t0, n);
         for (index_t r = 0; r < n; ++r) {
           const float w = decay ? lam(prefix(t0 + r) - base) : 1.0f;
           if (decay)
             for (index_t m = 0; m < M; ++m) s.phiqT[static_cast<std::size_t>(m * BN + r)] *= w;
-          if (prm.normalize)
-            simd::axpy<Arch>(w * s.cq[static_cast<std::size_t>(t0 + r)], s.phiq.data() + r * Mp, s.rc.data(), Mp);
+          if (prm.normalize) simd::axpy<Arch>(w * s.ccol[static_cast<std::size_t>(r)], phiq + r * Mp, s.rc.data(), Mp);
         }
         gemm_acc<Arch>(M, Dvp, n, s.phiqT.data(), BN, s.g.data(), Dvp, s.R.data(), Dvp);
+        rows_r0 = -1;  // phiqT now holds weighted columns
         any_rows = true;
       }
     };
     absorb_rows(first_row_reaching(lk), Lq, lk, 0);
     for (index_t j0 = (lk - 1) / BN * BN; j0 >= 0; j0 -= BN) {
       const index_t e = std::min<index_t>(j0 + BN, lk), n = e - j0;
-      load_keys(j0, n, false);
+      load_keys(j0, n, false, false);
       float* dpk = dphik + j0 * Mp;
       float* dvk = dvb + j0 * Dvp;
+      std::fill_n(dpk, n * Mp, 0.0f);  // first visit of these keys in this head
+      std::fill_n(dvk, n * Dvp, 0.0f);
       if (any_rows) {  // rows that see every key of the chunk: through R
         transpose_rows<Arch>(s.R.data(), Dvp, M, Dv, s.Rt.data(), Mp, Mp);
         const float* va = s.vrows.data();
-        const float* fa = s.phik.data();
+        const float* fa = phik;
         if (decay) {
           for (index_t jj = 0; jj < n; ++jj) {
             simd::scale_copy<Arch>(s.vrows.data() + jj * Dvp, lam(e - 1 - (j0 + jj)), s.scaled_a.data() + jj * Dvp, Dvp);
-            simd::scale_copy<Arch>(s.phik.data() + jj * Mp, lam(e - 1 - (j0 + jj)), s.scaled_b.data() + jj * Mp, Mp);
+            simd::scale_copy<Arch>(phik + jj * Mp, lam(e - 1 - (j0 + jj)), s.scaled_b.data() + jj * Mp, Mp);
           }
           va = s.scaled_a.data(), fa = s.scaled_b.data();
         }
@@ -307,16 +340,16 @@ struct kernelized_head_backward {
         continue;
       }
       const bool rows_nonfinite = load_rows(ra, cnt);
-      rows_r0 = ra, rows_n = cnt;
+      const index_t p_ra = prefix(ra);  // rows [ra, rh) have prefixes p_ra, p_ra + 1, ...
       for (index_t jr = 0; jr < n; jr += MR) {
         const int R = static_cast<int>(std::min<index_t>(MR, n - jr));
         // dφk += T·φQ with T_ji = (v_j·g_i + c_i)·λ^{p_i−1−j} where j < p_i.
         simd::qk_rows<Arch>(R, s.vrows.data() + jr * Dvp, Dvp, s.gT.data(), Dv, s.tile.data());
-        mask_tile(R, j0 + jr, ra, cnt, true);
-        masked_tile_acc<Arch>(R, s.tile.data(), BN, s.phiq.data(), Mp, cnt, dpk + jr * Mp, Mp, Mp, rows_nonfinite);
+        mask_rows(R, j0 + jr, p_ra, cnt, prm.normalize ? s.ccol.data() : nullptr);
+        masked_tile_acc<Arch>(R, s.tile.data(), BN, phiq, Mp, cnt, dpk + jr * Mp, Mp, Mp, rows_nonfinite);
         // dv += U·G with U_ji = (φk_j·φq_i)·λ^{p_i−1−j} where j < p_i.
-        simd::qk_rows<Arch>(R, s.phik.data() + jr * Mp, Mp, s.phiqT.data(), M, s.tile.data());
-        mask_tile(R, j0 + jr, ra, cnt, false);
+        simd::qk_rows<Arch>(R, phik + jr * Mp, Mp, s.phiqT.data(), M, s.tile.data());
+        mask_rows(R, j0 + jr, p_ra, cnt, nullptr);
         masked_tile_acc<Arch>(R, s.tile.data(), BN, s.g.data(), Dvp, cnt, dvk + jr * Dvp, Dvp, Dvp, rows_nonfinite);
       }
       if (j0 > 0) absorb_rows(ra, rh, j0, n);  // rows with p_i ∈ [j0, e) now see every key before j0
@@ -324,25 +357,14 @@ struct kernelized_head_backward {
     rows_r0 = -1;
   }
 
-  index_t rows_r0 = -1, rows_n = 0;  ///< the rows load_rows last loaded (reused by absorb_rows)
-
  private:
-  bool loaded_rows(index_t r0, index_t n) const { return r0 == rows_r0 && n == rows_n; }
-
-  /// Keys [j, j + R) × the loaded rows [ra, ra + cnt): keep (x + c_i)·λ^{p_i−1−j}
-  /// where j < p_i, else 0 (columns ≥ cnt too).
-  void mask_tile(int R, index_t j, index_t ra, index_t cnt, bool add_c) {
+  /// Keys [j, j + R) × the loaded rows (prefixes p_ra + cc, cc < cnt): keep
+  /// (x + add_cc)·λ^{p−1−j} where j < p, else 0.
+  void mask_rows(int R, index_t j, index_t p_ra, index_t cnt, const float* add) {
     for (int r = 0; r < R; ++r) {
-      float* t = s.tile.data() + r * BN;
-      for (index_t cc = 0; cc < BN; ++cc) {
-        const index_t p = cc < cnt ? prefix(ra + cc) : 0;
-        if (j + r >= p) {
-          t[cc] = 0.0f;
-          continue;
-        }
-        const float x = add_c && prm.normalize ? t[cc] + s.cq[static_cast<std::size_t>(ra + cc)] : t[cc];
-        t[cc] = decay ? x * lam(p - 1 - (j + r)) : x;
-      }
+      const index_t jr = j + r;  // seen by the columns with p_ra + cc > jr
+      mask_tile_row<Arch>(s.tile.data() + r * BN, BN, std::max<index_t>(0, jr - p_ra + 1), cnt, add,
+                          decay ? s.pw_fwd.data() + BN + p_ra - 1 - jr : nullptr);
     }
   }
 };

@@ -38,6 +38,26 @@ void transpose_rows(const float* src, index_t stride, index_t rows, index_t dim,
     for (index_t d = 0; d < dim; ++d) std::fill(dst + d * ld + rows, dst + d * ld + cols, 0.0f);
 }
 
+/// t[i] = lo ≤ i < hi ? (t[i] + add[i]) · scale[i] : 0 for i < n (n a multiple of
+/// the width; `add`, `scale` optional and read at every i < n): one row of a masked
+/// tile, a select per lane (a masked NaN or Inf becomes 0, never 0·NaN).
+template <class Arch>
+ATTNKIT_FORCE_INLINE void mask_tile_row(float* t, index_t n, index_t lo, index_t hi, const float* add,
+                                        const float* scale) noexcept {
+  using O = simd::ops<Arch>;
+  constexpr int W = O::width;
+  const auto base = O::iota(0.0f);
+  const float up = static_cast<float>(hi), down = static_cast<float>(1 - lo);  // idx < hi and −idx < 1 − lo
+  for (index_t i = 0; i < n; i += W) {
+    const auto idx = base + O::set1(static_cast<float>(i));
+    auto x = O::load(t + i);
+    if (add) x = x + O::load(add + i);
+    if (scale) x = x * O::load(scale + i);
+    x = O::keep_below(x, idx, up);
+    O::store(t + i, O::keep_below(x, O::set1(0.0f) - idx, down));
+  }
+}
+
 /// C[R rows][0..n) += P[R][keys] · V[keys][0..n) for a masked weight tile P (row
 /// stride ps): on the register tiles when V is finite, else key by key over the
 /// non-zero weights only, so a masked key's NaN or Inf stays out of rows that do
