@@ -105,13 +105,10 @@ struct moment_sums<Arch> : moment_sums<scalar> {
   }
 
   void add_row(const float* x, long n, bool track) noexcept {
-    long d = 0;
-    for (; d + 2 * W <= n; d += 2 * W) {
-      step<0>(O::load(x + d), track);
-      step<2>(O::load(x + d + W), track);
-    }
-    for (; d + W <= n; d += W) step<0>(O::load(x + d), track);
-    for (; d < n; ++d) add_one(x[d], track);
+    if (track)
+      add<true>(x, n);
+    else
+      add<false>(x, n);
   }
 
   void finish(double& r1, double& r2, float& rhi, float& rlo) const noexcept {
@@ -131,9 +128,19 @@ struct moment_sums<Arch> : moment_sums<scalar> {
   }
 
  private:
-  template <int U>
-  ATTNKIT_FORCE_INLINE void step(vf x, bool track) noexcept {
-    if (track) {
+  template <bool Track>
+  ATTNKIT_FORCE_INLINE void add(const float* x, long n) noexcept {
+    long d = 0;
+    for (; d + 2 * W <= n; d += 2 * W) {
+      step<0, Track>(O::load(x + d));
+      step<2, Track>(O::load(x + d + W));
+    }
+    for (; d + W <= n; d += W) step<0, Track>(O::load(x + d));
+    for (; d < n; ++d) add_one(x[d], Track);
+  }
+  template <int U, bool Track>
+  ATTNKIT_FORCE_INLINE void step(vf x) noexcept {
+    if constexpr (Track) {
       hi = O::max(x, hi);
       lo = O::min(x, lo);
     }
