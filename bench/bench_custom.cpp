@@ -1,5 +1,5 @@
-// Variants defined outside the library (examples/custom_variants.hpp) beside the
-// built-in variant doing the same work, in one process (the open interface's
+// Variants and feature maps defined outside the library (examples/custom_variants.hpp)
+// beside the built-in variant doing the same work, in one process (the open interface's
 // speed target: each custom variant ≥ 90% of its built-in counterpart).
 //
 //   bench_custom [--quick] [google-benchmark flags]
@@ -10,7 +10,12 @@
 //   custom/relu/...  custom_baseline/relu/... relu/Lk (custom) vs sigmoid (built-in)
 //   custom/document_mask/N:.../threads:T      8 packed documents, causal within each (custom pattern)
 //   custom_baseline/document_mask/...         block_sparse with the same 64×64 blocks + causal
-// flop: 4·D per visited (query, key) pair — the same for a pair of rows.
+//   custom/linear_relu2/N:.../threads:T       linear attention, causal, relu² features (custom, elementwise)
+//   custom_baseline/linear_relu2/...          the same with the built-in relu map
+//   custom/linear_learned/N:.../threads:T     causal, 96 learned positive features (custom row map)
+//   custom_baseline/linear_learned/...        the built-in FAVOR+ with the same matrix
+// flop: 4·D per visited (query, key) pair — the same for a pair of rows; linear
+// attention: N·(4·M·Dv + 2·64·(M + Dv)) per head (as bench_variants.cpp counts it).
 #include <attnkit/attnkit.hpp>
 
 #include <string>
@@ -63,6 +68,10 @@ void register_all(bool quick) {
   const double doc_flop = 4.0 * dim * pairs * heads;
   attnkit::options causal;
   causal.causal = attnkit::causal::top_left;
+  static const std::vector<float> projection = attnkit::feature::orthogonal_projection(96, dim, 3);
+  const auto linear_flop = [&](index_t m) {  // causal chunked linear attention with M features
+    return (4.0 * static_cast<double>(m) * dim + 2.0 * 64 * static_cast<double>(m + dim)) * static_cast<double>(n) * heads;
+  };
   const attnkit::pattern::block_sparse blocks{reinterpret_cast<const bool*>(layout.data()), 64, 64, 64, 64};
   for (int t : thread_counts) {
     const auto reg = [&](const std::string& name, auto pol, attnkit::options opt, double flop) {
@@ -76,6 +85,12 @@ void register_all(bool quick) {
     reg("custom_baseline/relu", attnkit::sigmoid{}, {}, dense);
     reg("custom/document_mask", attnkit::sparse{custom::document_causal{first.data()}}, {}, doc_flop);
     reg("custom_baseline/document_mask", attnkit::sparse{blocks}, causal, doc_flop);
+    reg("custom/linear_relu2", attnkit::linear{custom::relu_squared_features{}}, causal, linear_flop(dim));
+    reg("custom_baseline/linear_relu2", attnkit::linear{attnkit::feature::relu{}}, causal, linear_flop(dim));
+    reg("custom/linear_learned", attnkit::linear{custom::learned_positive_features{projection.data(), 96}}, causal,
+        linear_flop(96));
+    reg("custom_baseline/linear_learned", attnkit::linear{attnkit::feature::favor_plus{projection.data(), 96}}, causal,
+        linear_flop(96));
   }
 }
 

@@ -1,6 +1,6 @@
 // Variants written OUTSIDE the library against its open interfaces (docs/extending.md):
 // each is one small struct; the kernels, the float64 oracle and the entropy observer
-// all take it as it is. Shared by examples/custom_variants.cpp (checks each against
+// (for feature maps: the exact entropy diagnostic) all take it as it is. Shared by examples/custom_variants.cpp (checks each against
 // the oracle) and bench/bench_custom.cpp (times each beside the built-in variant
 // doing the same work).
 #pragma once
@@ -76,6 +76,53 @@ struct document_causal {
   }
   std::uint64_t allowed_bits(const attnkit::pattern::row_query& r, index_t j0, int n) const {
     return attnkit::pattern::range_bits(first[r.row], r.row + 1, j0, n);
+  }
+};
+
+/// A feature map for linear attention, elementwise: φ(x) = relu(x)² (a ReLU²
+/// kernel, smoother than relu at 0). Written once in attnkit::math: the oracle
+/// evaluates it on double, the kernel on SIMD vectors; `derivative` is what the
+/// backward needs.
+struct relu_squared_features {
+  template <class V>
+  V operator()(V x) const {
+    const V r = attnkit::math::max(V(0), x);
+    return r * r;
+  }
+  template <class V>
+  V derivative(V x) const {
+    return V(2) * attnkit::math::max(V(0), x);
+  }
+};
+
+/// A feature map that mixes coordinates (a row map): positive features from a
+/// learned projection W [m × d] (a trained Performer, or a Hedgehog-style learned
+/// map), φ(x) = exp(W x·s − s²|x|²/2)/√m with s = τ^{1/2}. With W random this is
+/// FAVOR+. The float instance runs vectorised through attnkit::math::dot / axpy.
+struct learned_positive_features {
+  const float* W = nullptr;  ///< row-major [m, d], outlives the call
+  index_t m = 0;
+
+  index_t output_dim(index_t) const { return m; }
+  template <class T>
+  void operator()(const T* x, index_t d, const attnkit::feature::context& c, T* out) const {
+    const T s = static_cast<T>(std::sqrt(c.scale)), half_sq = T(0.5) * static_cast<T>(c.scale) * attnkit::math::dot(x, x, d);
+    const T norm = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m)));
+    for (index_t r = 0; r < m; ++r)
+      out[r] = attnkit::math::exp(static_cast<T>(attnkit::math::dot(W + r * d, x, d)) * s - half_sq) * norm;
+  }
+  /// dx += Σ_r g_r φ_r (s·w_r − s²·x), g = dphi.
+  template <class T>
+  void vjp(const T* x, index_t d, const attnkit::feature::context& c, const T* dphi, T* dx) const {
+    const T s = static_cast<T>(std::sqrt(c.scale)), half_sq = T(0.5) * static_cast<T>(c.scale) * attnkit::math::dot(x, x, d);
+    const T norm = static_cast<T>(1.0 / std::sqrt(static_cast<double>(m)));
+    T total = 0;
+    for (index_t r = 0; r < m; ++r) {
+      const T gr = dphi[r] * attnkit::math::exp(static_cast<T>(attnkit::math::dot(W + r * d, x, d)) * s - half_sq) * norm;
+      total += gr;
+      attnkit::math::axpy(s * gr, W + r * d, dx, d);
+    }
+    attnkit::math::axpy(-static_cast<T>(c.scale) * total, x, dx, d);
   }
 };
 

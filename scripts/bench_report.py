@@ -33,6 +33,7 @@ SIGMOID_VS_SOFTMAX = 1.0    # sigmoid throughput vs softmax
 BLOCK_SPARSE_BAND = 0.20    # block-sparse time = density x dense time, +-20%
 PERMUTATION_VS_WINDOW = 1.15
 WINDOW_PER_X4 = 4.4         # sliding window: time per x4 of N
+LINEAR_BACKWARD_PER_X4 = 4.4  # linear attention causal backward: time per x4 of N, from N = 4096
 OBSERVER_OVERHEAD = 1.10    # entropy observer on vs off
 CUSTOM_VS_BUILTIN = 0.90    # a variant defined outside the library vs the built-in one doing the same work
 SPREAD_WARNING = 0.10       # limit measurements differing by more than this
@@ -311,6 +312,13 @@ def main():
                 x = time_of(bigger) / r["time"]
                 ratio_rows.append((f"`{bigger}` vs `{name}` (time, N ×4)", f"{x:.2f}×",
                                    verdict(f"≤ {WINDOW_PER_X4}", x <= WINDOW_PER_X4, suspect(name, bigger))))
+        elif v == "linear_backward" and f.get("causal") == 1 and f.get("N", 0) >= 4096:
+            bigger = name.replace(f"/N:{f['N']}/", f"/N:{4 * f['N']}/")
+            if time_of(bigger):
+                x = time_of(bigger) / r["time"]
+                ratio_rows.append((f"`{bigger}` vs `{name}` (time, N ×4)", f"{x:.2f}×",
+                                   verdict(f"≤ {LINEAR_BACKWARD_PER_X4}", x <= LINEAR_BACKWARD_PER_X4,
+                                           suspect(name, bigger))))
         elif v == "custom":
             base = name.replace("custom/", "custom_baseline/", 1)
             if time_of(base):

@@ -66,20 +66,21 @@ void linear_cases(const F& phi, bool normalize, std::uint64_t seed) {
   }
 }
 
-/// Finite differences of φ itself: J^T·g from vjp vs (φ(x + h e_i) − φ(x − h e_i))·g / 2h.
+/// Finite differences of φ itself: J^T·g from vjp vs (φ(x + h e_i) − φ(x − h e_i))·g / 2h
+/// (either form of map: feature::vjp and feature::evaluate).
 template <class F>
 void vjp_matches_map(const F& phi, index_t d, const feature::context& c, std::uint64_t seed) {
-  const index_t M = phi.output_dim(d);
+  const index_t M = feature::output_dim(phi, d);
   auto x = reftest::data(static_cast<std::size_t>(d), seed, 1.5);
   const auto g = reftest::data(static_cast<std::size_t>(M), seed + 1, 1.0);
   std::vector<double> dx(static_cast<std::size_t>(d), 0.25), up(static_cast<std::size_t>(M)), down(up);
-  phi.vjp(x.data(), d, c, g.data(), dx.data());  // adds to 0.25
+  feature::vjp(phi, x.data(), d, c, g.data(), dx.data());  // adds to 0.25
   for (index_t i = 0; i < d; ++i) {
     const double x0 = x[static_cast<std::size_t>(i)];
     x[static_cast<std::size_t>(i)] = x0 + bwdtest::fd_step;
-    phi(x.data(), d, c, up.data());
+    feature::evaluate(phi, x.data(), d, c, up.data());
     x[static_cast<std::size_t>(i)] = x0 - bwdtest::fd_step;
-    phi(x.data(), d, c, down.data());
+    feature::evaluate(phi, x.data(), d, c, down.data());
     x[static_cast<std::size_t>(i)] = x0;
     double fd = 0;
     for (index_t m = 0; m < M; ++m)

@@ -12,8 +12,12 @@
 
 /// Defines `attnkit::detail::has_member_<NAME><T>`: true iff class T has a member
 /// called NAME (any kind). False for non-class and final types.
-#define ATTNKIT_DETAIL_MEMBER_DETECTOR(NAME)                                              \
-  namespace attnkit::detail {                                                             \
+#define ATTNKIT_DETAIL_MEMBER_DETECTOR(NAME) ATTNKIT_DETAIL_MEMBER_DETECTOR_IN(attnkit::detail, NAME)
+
+/// The same in namespace NS (`NS::has_member_<NAME><T>`), for a family whose hook
+/// shares its name with another family's (each family detects its own).
+#define ATTNKIT_DETAIL_MEMBER_DETECTOR_IN(NS, NAME)                                       \
+  namespace NS {                                                                          \
   struct member_probe_##NAME {                                                            \
     int NAME;                                                                             \
   };                                                                                      \

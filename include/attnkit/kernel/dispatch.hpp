@@ -14,7 +14,7 @@
 #include "../policy/softmax.hpp"
 #include "../simd/arch.hpp"
 #include "decode.hpp"
-#include "feature_maps.hpp"
+#include "kernelized/forward.hpp"
 #include "permutation.hpp"
 #include "prefill/schedule.hpp"
 #include "sparse/run.hpp"
@@ -75,10 +75,7 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     static_assert(!Observer::enabled,
                   "attnkit: kernelised policies have no fused observer; use reference::attention for their "
                   "O(N^2) entropy diagnostic");
-    if constexpr (std::is_same_v<P, log_normal>)
-      run_log_normal<Arch>(pol, shape, q, k, v, out, opt, ws);
-    else
-      run_linear<Arch>(pol, shape, q, k, v, out, opt, ws);
+    run_kernelized_forward<Arch>(pol, shape, q, k, v, out, opt, ws);  // the policy's engine (kernelized/engine.hpp)
   } else {
     static_assert(std::is_same_v<typename P::family, family::quadratic>,
                   "attnkit::attention: no kernel skeleton for this policy family yet");

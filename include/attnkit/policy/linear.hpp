@@ -6,99 +6,64 @@
 /// the current token included (p_i = i+1 top-left, i+Δ+1 bottom-right), and with a
 /// per-head decay λ the weights are w_ij = λ^{p_i−1−j}, i.e. the recurrence
 /// S_i = λ S_{i−1} + φ(k_i)v_iᵀ (Lightning/RetNet style). Decay needs causal masking.
-/// Feature maps are value types; user functors (e.g. learned Hedgehog maps) satisfy
-/// the `feature_map` concept, and for the backward pass the `differentiable` one
-/// (a `vjp` member).
+/// Feature maps are value types in one of the two forms of policy/feature_map.hpp:
+/// elementwise (elu+1, relu, identity, or a user's f written in attnkit::math) or
+/// row maps (FAVOR+, cosFormer, learned Hedgehog-style maps); built-in and user maps
+/// take the same path through kernels, oracle and backward.
 #include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
 #include <numbers>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "family.hpp"
+#include "feature_map.hpp"
 #include "random.hpp"
 
 namespace attnkit {
 namespace feature {
 
-/// Where one token vector sits, handed to every feature-map call.
-///
-/// Positions follow ALiBi's convention (core/options.hpp): a key at index j has
-/// position j; a query at index i has position i + Δ, Δ = lk − Lq (lk = the
-/// batch's valid key length), so a decoding query (Lq = 1) sits after the cache.
-struct context {
-  index_t position = 0;  ///< position of the token (see above)
-  index_t q_len = 0;     ///< Lq of the call
-  index_t k_len = 0;     ///< valid key length of the batch (key_lengths[b] or Lk)
-  bool query = true;     ///< true: a query vector, false: a key vector
-  double scale = 1.0;    ///< τ = options.scale or 1/sqrt(D) (FAVOR+ uses it)
-};
-
-/// A feature map usable with element type T (double in the reference, float in the
-/// SIMD kernels — implement `operator()` as a template to serve both):
-///   index_t output_dim(index_t d) const                  — feature dimension M for input dim d
-///   void operator()(const T* x, index_t d, const context&, T* out) const
-///       maps one contiguous token vector x[0..d) to out[0..M).
-template <class F, class T = double>
-concept feature_map = std::copyable<F> && requires(const F& f, const T* x, T* out, index_t d, const context& c) {
-  { f.output_dim(d) } -> std::convertible_to<index_t>;
-  f(x, d, c, out);
-};
-
-/// A feature map the backward pass can differentiate: it also has
-///   void vjp(const T* x, index_t d, const context&, const T* dphi, T* dx) const
-///       dx[0..d) += Jᵀ·dphi, J = ∂φ(x)/∂x the M × d Jacobian at x (dphi: M values).
-/// Every built-in map has it; a user's map needs it for attention_backward (the
-/// oracle reference::attention_backward says so at compile time). The context is
-/// the forward's (positions, τ) and is a constant of the call. At a kink (relu at
-/// 0) the maps use the one-sided derivative of their `operator()` branch.
-template <class F, class T = double>
-concept differentiable = feature_map<F, T> && requires(const F& f, const T* x, const T* g, T* dx, index_t d,
-                                                       const context& c) { f.vjp(x, d, c, g, dx); };
-
 /// φ(x) = elu(x) + 1 (Katharopoulos et al. 2020). No 1/sqrt(D): options.scale is ignored.
 struct elu_plus_one {
-  index_t output_dim(index_t d) const noexcept { return d; }
-  template <class T>
-  void operator()(const T* x, index_t d, const context&, T* out) const noexcept {
-    for (index_t i = 0; i < d; ++i) out[i] = x[i] > T(0) ? x[i] + T(1) : std::exp(x[i]);
+  template <class V>
+  V operator()(V x) const noexcept {
+    return math::select(x > V(0), x + V(1), math::exp(x));
   }
   /// φ'(x) = 1 for x > 0, e^x otherwise.
-  template <class T>
-  void vjp(const T* x, index_t d, const context&, const T* dphi, T* dx) const noexcept {
-    for (index_t i = 0; i < d; ++i) dx[i] += dphi[i] * (x[i] > T(0) ? T(1) : std::exp(x[i]));
+  template <class V>
+  V derivative(V x) const noexcept {
+    return math::select(x > V(0), V(1), math::exp(x));
   }
 };
 
-/// φ(x) = max(x, 0). options.scale is ignored.
+/// φ(x) = max(x, 0); NaN stays NaN. options.scale is ignored.
 struct relu {
-  index_t output_dim(index_t d) const noexcept { return d; }
-  template <class T>
-  void operator()(const T* x, index_t d, const context&, T* out) const noexcept {
-    for (index_t i = 0; i < d; ++i) out[i] = x[i] > T(0) ? x[i] : T(0);
+  template <class V>
+  V operator()(V x) const noexcept {
+    return math::max(V(0), x);  // x second: a NaN x is kept
   }
   /// φ'(x) = 1 for x > 0, 0 otherwise.
-  template <class T>
-  void vjp(const T* x, index_t d, const context&, const T* dphi, T* dx) const noexcept {
-    for (index_t i = 0; i < d; ++i)
-      if (x[i] > T(0)) dx[i] += dphi[i];
+  template <class V>
+  V derivative(V x) const noexcept {
+    return math::select(x > V(0), V(1), V(0));
   }
 };
 
 /// φ(x) = x (weights may be negative; use with normalize = false or with care).
 /// options.scale is ignored.
 struct identity {
-  index_t output_dim(index_t d) const noexcept { return d; }
-  template <class T>
-  void operator()(const T* x, index_t d, const context&, T* out) const noexcept {
-    for (index_t i = 0; i < d; ++i) out[i] = x[i];
+  template <class V>
+  V operator()(V x) const noexcept {
+    return x;
   }
-  template <class T>
-  void vjp(const T*, index_t d, const context&, const T* dphi, T* dx) const noexcept {
-    for (index_t i = 0; i < d; ++i) dx[i] += dphi[i];
+  template <class V>
+  V derivative(V) const noexcept {
+    return V(1);
   }
 };
 
@@ -111,38 +76,34 @@ struct favor_plus {
   index_t num_features = 0;
 
   index_t output_dim(index_t) const noexcept { return num_features; }
+  /// φ_m = exp(s·w_m·x − s²|x|²/2)/sqrt(M), s = τ^{1/2}: M dot products of length d.
   template <class T>
   void operator()(const T* x, index_t d, const context& c, T* out) const noexcept {
-    const double s = std::sqrt(c.scale);
-    double sq = 0;
-    for (index_t i = 0; i < d; ++i) sq += (s * x[i]) * (s * x[i]);
-    const double norm = 1.0 / std::sqrt(static_cast<double>(num_features));
-    for (index_t m = 0; m < num_features; ++m) {
-      const float* w = projection + m * d;
-      double dot = 0;
-      for (index_t i = 0; i < d; ++i) dot += static_cast<double>(w[i]) * (s * x[i]);
-      out[m] = static_cast<T>(std::exp(dot - 0.5 * sq) * norm);
-    }
+    const T s = static_cast<T>(std::sqrt(c.scale));
+    const T half_sq = T(0.5) * static_cast<T>(c.scale) * math::dot(x, x, d);
+    const T norm = static_cast<T>(1.0 / std::sqrt(static_cast<double>(num_features)));
+    for (index_t m = 0; m < num_features; ++m)
+      out[m] = math::exp(static_cast<T>(math::dot(projection + m * d, x, d)) * s - half_sq) * norm;
   }
-  /// ∂φ_m/∂x = φ_m·(s·w_m − s²·x), s = τ^{1/2}: dx += s·Σ_m g_m w_m − s²·x·Σ_m g_m, g_m = dphi_m·φ_m.
+  /// ∂φ_m/∂x = φ_m·(s·w_m − s²·x): dx += s·Σ_m g_m w_m − s²·x·Σ_m g_m, g_m = dphi_m·φ_m.
   template <class T>
   void vjp(const T* x, index_t d, const context& c, const T* dphi, T* dx) const noexcept {
-    const double s = std::sqrt(c.scale);
-    double sq = 0;
-    for (index_t i = 0; i < d; ++i) sq += (s * x[i]) * (s * x[i]);
-    const double norm = 1.0 / std::sqrt(static_cast<double>(num_features));
-    std::vector<double> acc(static_cast<std::size_t>(d), 0.0);
-    double gsum = 0;
+    const T s = static_cast<T>(std::sqrt(c.scale));
+    const T half_sq = T(0.5) * static_cast<T>(c.scale) * math::dot(x, x, d);
+    const T norm = static_cast<T>(1.0 / std::sqrt(static_cast<double>(num_features)));
+    T gsum = 0;
     for (index_t m = 0; m < num_features; ++m) {
-      const float* w = projection + m * d;
-      double dot = 0;
-      for (index_t i = 0; i < d; ++i) dot += static_cast<double>(w[i]) * (s * x[i]);
-      const double gm = static_cast<double>(dphi[m]) * std::exp(dot - 0.5 * sq) * norm;
+      const T gm = dphi[m] * math::exp(static_cast<T>(math::dot(projection + m * d, x, d)) * s - half_sq) * norm;
       gsum += gm;
-      for (index_t i = 0; i < d; ++i) acc[static_cast<std::size_t>(i)] += gm * static_cast<double>(w[i]);
+      math::axpy(s * gm, projection + m * d, dx, d);
     }
-    for (index_t i = 0; i < d; ++i)
-      dx[i] += static_cast<T>(s * acc[static_cast<std::size_t>(i)] - s * s * static_cast<double>(x[i]) * gsum);
+    math::axpy(-static_cast<T>(c.scale) * gsum, x, dx, d);
+  }
+  /// The projection must exist (checked before anything is written).
+  void check(const call&) const {
+    if (num_features <= 0 || projection == nullptr)
+      attnkit::detail::fail("policy.phi", "projection", "num_features > 0 and a non-null [num_features, D] matrix",
+                            num_features);
   }
 };
 
@@ -156,23 +117,29 @@ struct cosformer {
   index_t output_dim(index_t d) const noexcept { return 2 * d; }
   template <class T>
   void operator()(const T* x, index_t d, const context& c, T* out) const noexcept {
-    const index_t M = max_len > 0 ? max_len : std::max(c.q_len, c.k_len);
-    const double a = std::numbers::pi * static_cast<double>(c.position) / (2.0 * static_cast<double>(std::max<index_t>(M, 1)));
-    const T cs = static_cast<T>(std::cos(a)), sn = static_cast<T>(std::sin(a));
-    for (index_t i = 0; i < d; ++i) {
-      const T r = x[i] > T(0) ? x[i] : T(0);
-      out[i] = r * cs;
-      out[d + i] = r * sn;
-    }
+    const double a = angle(c);
+    math::apply([](auto v) { return math::max(decltype(v)(0), v); }, x, out, d);
+    math::scale(out, static_cast<T>(std::sin(a)), out + d, d);
+    math::scale(out, static_cast<T>(std::cos(a)), out, d);
   }
   /// The position is a constant: dx_i += relu'(x_i)·(dphi_i·cos + dphi_{d+i}·sin).
   template <class T>
   void vjp(const T* x, index_t d, const context& c, const T* dphi, T* dx) const noexcept {
-    const index_t M = max_len > 0 ? max_len : std::max(c.q_len, c.k_len);
-    const double a = std::numbers::pi * static_cast<double>(c.position) / (2.0 * static_cast<double>(std::max<index_t>(M, 1)));
+    const double a = angle(c);
     const T cs = static_cast<T>(std::cos(a)), sn = static_cast<T>(std::sin(a));
     for (index_t i = 0; i < d; ++i)
       if (x[i] > T(0)) dx[i] += dphi[i] * cs + dphi[d + i] * sn;
+  }
+  /// A stream (linear_step) has no known length: it needs max_len.
+  void check(const call& c) const {
+    if (c.stream && max_len <= 0)
+      attnkit::detail::fail("policy.phi.max_len", "", "> 0 (a stream has no known length for cosFormer's M)", max_len);
+  }
+
+ private:
+  double angle(const context& c) const noexcept {
+    const index_t M = max_len > 0 ? max_len : std::max(c.q_len, c.k_len);
+    return std::numbers::pi * static_cast<double>(c.position) / (2.0 * static_cast<double>(std::max<index_t>(M, 1)));
   }
 };
 
@@ -218,13 +185,14 @@ inline std::vector<float> orthogonal_projection(index_t num_features, index_t di
 
 }  // namespace feature
 
-/// Linear attention policy. `phi` is applied to queries and keys alike; `eps` is
-/// added to the denominator; `normalize = false` drops the denominator
-/// (TransNormer / Lightning style); `decay` holds one λ per query head (causal only,
-/// empty = none) and must outlive the call.
+/// Linear attention policy. `phi` (a feature map, policy/feature_map.hpp) is
+/// applied to queries and keys alike; `eps` is added to the denominator;
+/// `normalize = false` drops the denominator (TransNormer / Lightning style);
+/// `decay` holds one λ per query head (causal only, empty = none) and must outlive
+/// the call.
 template <class F>
-  requires(feature::feature_map<F, double> || feature::feature_map<F, float>)
 struct linear {
+  static_assert(feature::detail::check_feature_map<F>());
   using family = attnkit::family::kernelized;
   F phi{};
   double eps = 1e-6;
@@ -235,6 +203,26 @@ struct linear {
 /// `attnkit::linear{attnkit::feature::elu_plus_one{}}` deduces linear<elu_plus_one>.
 template <class F, class... Rest>
 linear(F, Rest...) -> linear<F>;
+
+namespace detail {
+/// linear<F>'s own fields, checked by the kernels and the oracle alike before
+/// anything is written: one decay per query head, and decay only with causal
+/// masking (or in a stream, linear_step); eps >= 0; the feature map's own `check`;
+/// a positive feature dimension.
+template <class F>
+void check_linear_fields(const linear<F>& pol, index_t q_heads, index_t head_dim, bool causal, bool stream) {
+  if (!pol.decay.empty()) {
+    if (static_cast<index_t>(pol.decay.size()) != q_heads)
+      fail("policy.decay", "size", std::to_string(q_heads) + " (= q.heads)", pol.decay.size());
+    if (!causal && !stream)
+      fail("policy.decay", "", "empty unless options.causal is set (decay is causal only)", pol.decay.size());
+  }
+  if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
+  feature::check(pol.phi, feature::call{head_dim, stream});
+  const index_t M = feature::output_dim(pol.phi, head_dim);
+  if (M <= 0) fail("policy.phi", "output_dim", "> 0", M);
+}
+}  // namespace detail
 
 /// True for every linear<F>.
 template <class P>

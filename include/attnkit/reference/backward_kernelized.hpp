@@ -22,21 +22,23 @@
 
 namespace attnkit::reference::detail {
 
-/// dx += Jᵀ·dphi of a feature map, in double if it supports double, else through float.
+/// dx += Jᵀ·dphi of a feature map (either form: feature::vjp), in double if it
+/// supports double, else through float.
 template <class F>
 void apply_feature_vjp(const F& f, const double* x, index_t d, const feature::context& c, const double* dphi,
                        index_t M, double* dx) {
   static_assert(feature::differentiable<F, double> || feature::differentiable<F, float>,
-                "attnkit::reference::attention_backward: the feature map needs `template <class T> void vjp(const T* "
-                "x, index_t d, const attnkit::feature::context&, const T* dphi, T* dx) const` (dx += J^T dphi)");
+                "attnkit::reference::attention_backward: the feature map needs its derivative: `template <class V> V "
+                "derivative(V x) const` (elementwise maps) or `template <class T> void vjp(const T* x, index_t d, "
+                "const attnkit::feature::context&, const T* dphi, T* dx) const` (row maps; dx += J^T dphi)");
   if constexpr (feature::differentiable<F, double>) {
     (void)M;
-    f.vjp(x, d, c, dphi, dx);
+    feature::vjp(f, x, d, c, dphi, dx);
   } else {
     std::vector<float> xf(static_cast<std::size_t>(d)), gf(static_cast<std::size_t>(M)), df(static_cast<std::size_t>(d), 0.0f);
     for (index_t i = 0; i < d; ++i) xf[static_cast<std::size_t>(i)] = static_cast<float>(x[i]);
     for (index_t m = 0; m < M; ++m) gf[static_cast<std::size_t>(m)] = static_cast<float>(dphi[m]);
-    f.vjp(xf.data(), d, c, gf.data(), df.data());
+    feature::vjp(f, xf.data(), d, c, gf.data(), df.data());
     for (index_t i = 0; i < d; ++i) dx[i] += df[static_cast<std::size_t>(i)];
   }
 }

@@ -26,12 +26,12 @@ inline index_t kernelized_prefix(const options& opt, const batch_keys& bk, index
   return p < 0 ? 0 : p;
 }
 
-/// Calls a feature map in double if it supports double, else through float.
+/// Evaluates a feature map (either form) in double if it supports double, else through float.
 template <class F>
 void apply_feature(const F& f, const double* x, index_t d, const feature::context& c, double* out, index_t M) {
   if constexpr (feature::feature_map<F, double>) {
     (void)M;
-    f(x, d, c, out);
+    feature::evaluate(f, x, d, c, out);
   } else {
     std::vector<float> xf(static_cast<std::size_t>(d)), of(static_cast<std::size_t>(M));
     for (index_t i = 0; i < d; ++i) xf[static_cast<std::size_t>(i)] = static_cast<float>(x[i]);
@@ -42,7 +42,7 @@ void apply_feature(const F& f, const double* x, index_t d, const feature::contex
 
 template <class F>
 index_t feature_dim(const F& f, index_t d) {
-  return static_cast<index_t>(f.output_dim(d));
+  return feature::output_dim(f, d);
 }
 
 /// Features of head (b, h): phq [Lq × M] and phk [Lk × M] (keys ≥ lk left 0).
@@ -130,13 +130,7 @@ inline std::vector<double> normalize_rows(const std::vector<double>& W, const st
 template <class F>
 void check_linear(const linear<F>& pol, const options& opt, const problem_shape& sh) {
   reject_elementwise_options(opt, "linear attention");
-  if (!pol.decay.empty()) {
-    if (static_cast<index_t>(pol.decay.size()) != sh.q_heads)
-      fail("policy.decay", "size", std::to_string(sh.q_heads) + " (= q.heads)", pol.decay.size());
-    if (opt.causal == causal::none)
-      fail("policy.decay", "", "empty unless options.causal is set (decay is causal only)", pol.decay.size());
-  }
-  if (!(pol.eps >= 0)) fail("policy.eps", "", ">= 0", pol.eps);
+  attnkit::detail::check_linear_fields(pol, sh.q_heads, sh.head_dim, opt.causal != causal::none, false);
 }
 
 /// Sample standard deviation (denominator count − 1) of every entry of a view.

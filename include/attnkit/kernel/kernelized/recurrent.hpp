@@ -9,8 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "../core/validate.hpp"
-#include "feature_maps.hpp"
+#include "../../core/validate.hpp"
+#include "../../parallel/thread_pool.hpp"
+#include "../../parallel/workspace.hpp"
+#include "features.hpp"
+#include "options.hpp"
 
 namespace attnkit {
 
@@ -44,7 +47,7 @@ linear_state make_linear_state(const linear<F>& pol, index_t batch, index_t q_he
     detail::fail("make_linear_state", "extents", "batch, heads >= 0 and dims > 0",
                  std::to_string(batch) + "," + std::to_string(q_heads) + "," + std::to_string(head_dim) + "," +
                      std::to_string(value_dim));
-  return linear_state(batch, q_heads, static_cast<index_t>(pol.phi.output_dim(head_dim)), value_dim);
+  return linear_state(batch, q_heads, feature::output_dim(pol.phi, head_dim), value_dim);
 }
 
 /// Feeds T new tokens: q [B,Hq,T,D], k [B,Hkv,T,D], v [B,Hkv,T,Dv] → out [B,Hq,T,Dv].
@@ -61,13 +64,9 @@ void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<c
   if (state.batch != sh.batch) detail::fail("state", "batch", sh.batch, state.batch);
   if (state.heads != sh.q_heads) detail::fail("state", "heads", sh.q_heads, state.heads);
   if (state.value_dim != sh.value_dim) detail::fail("state", "value_dim", sh.value_dim, state.value_dim);
-  if (state.feature_dim != static_cast<index_t>(pol.phi.output_dim(sh.head_dim)))
-    detail::fail("state", "feature_dim", pol.phi.output_dim(sh.head_dim), state.feature_dim);
-  if (!pol.decay.empty() && static_cast<index_t>(pol.decay.size()) != sh.q_heads)
-    detail::fail("policy.decay", "size", std::to_string(sh.q_heads) + " (= q.heads)", pol.decay.size());
-  if constexpr (std::is_same_v<F, feature::cosformer>)
-    if (pol.phi.max_len <= 0)
-      detail::fail("policy.phi.max_len", "", "> 0 (a stream has no known length for cosFormer's M)", pol.phi.max_len);
+  if (state.feature_dim != feature::output_dim(pol.phi, sh.head_dim))
+    detail::fail("state", "feature_dim", feature::output_dim(pol.phi, sh.head_dim), state.feature_dim);
+  detail::check_linear_fields(pol, sh.q_heads, sh.head_dim, false, true);  // decay size, eps, the map's own check (a stream)
 
   const double tau = resolved_scale(opt, sh.head_dim);
   const index_t M = state.feature_dim, Dv = sh.value_dim, T = sh.q_len;

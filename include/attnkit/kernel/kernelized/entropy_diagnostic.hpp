@@ -11,8 +11,14 @@
 #include <cmath>
 #include <vector>
 
-#include "../policy/random.hpp"
-#include "feature_maps.hpp"
+#include "../../core/validate.hpp"
+#include "../../observe/observer.hpp"
+#include "../../parallel/thread_pool.hpp"
+#include "../../parallel/workspace.hpp"
+#include "../../policy/random.hpp"
+#include "engine.hpp"
+#include "linear.hpp"
+#include "log_normal.hpp"
 
 namespace attnkit {
 
@@ -84,31 +90,24 @@ inline problem_shape validate_diagnostic(const tensor_view<const float>& q, cons
 }
 }  // namespace detail
 
-/// Exact row entropy of linear<F> (all rows, or `sample_rows` per head from `seed`).
-template <class Arch = simd::default_arch, class F, class Observer>
-void kernelized_entropy(const linear<F>& pol, tensor_view<const float> q, tensor_view<const float> k,
+/// Exact row entropy of a kernelised policy's weights — linear<F> with any feature
+/// map, or LLN (its kernelised part: with `.diag` the block-diagonal softmax half is
+/// not included) — for all rows, or `sample_rows` per head drawn from `seed`.
+template <class Arch = simd::default_arch, policy P, class Observer>
+void kernelized_entropy(const P& pol, tensor_view<const float> q, tensor_view<const float> k,
                         tensor_view<const float> v, const options& opt, Observer&& obs, index_t sample_rows = 0,
                         std::uint64_t seed = 0) {
   static_assert(std::remove_cvref_t<Observer>::enabled, "kernelized_entropy needs an enabled observer, e.g. observe(stats)");
+  static_assert(detail::check_kernelized_policy<P>());
+  using E = detail::kernelized_engine<P>;
   const problem_shape sh = detail::validate_diagnostic(q, k, v, opt);
-  const double tau = resolved_scale(opt, sh.head_dim);
-  const detail::linear_feature<Arch, F> phi{pol.phi, sh.head_dim, sh.q_len, tau};
-  detail::kernelized_entropy_impl<Arch>(phi, phi, pol.decay, sh, q, k, opt, obs, sample_rows, seed);
-}
-
-/// Exact row entropy of LLN's weights (the kernelised part; with `.diag` the
-/// block-diagonal softmax half is not included).
-template <class Arch = simd::default_arch, class Observer>
-void kernelized_entropy(const log_normal& pol, tensor_view<const float> q, tensor_view<const float> k,
-                        tensor_view<const float> v, const options& opt, Observer&& obs, index_t sample_rows = 0,
-                        std::uint64_t seed = 0) {
-  static_assert(std::remove_cvref_t<Observer>::enabled, "kernelized_entropy needs an enabled observer, e.g. observe(stats)");
-  const problem_shape sh = detail::validate_diagnostic(q, k, v, opt);
-  detail::lln_feature_pair<Arch> f;
+  E::check(pol, sh, opt);
   workspace_lease lease(opt.workspace);
-  detail::lln_features<Arch>(pol, sh, q, k, opt, f, lease.get());
-  detail::kernelized_entropy_impl<Arch>(f.q, f.k, {}, sh, q, k, opt, obs, sample_rows, seed);
+  E::template with_features<Arch>(pol, sh, q, k, opt, lease.get(),
+                                  [&](const auto& fq, const auto& fk, const detail::kernelized_params& prm) {
+                                    detail::kernelized_entropy_impl<Arch>(fq, fk, prm.decay, sh, q, k, opt, obs,
+                                                                          sample_rows, seed);
+                                  });
 }
 
 }  // namespace attnkit
-

@@ -11,11 +11,20 @@
 /// micro-kernels as softmax. Cost is linear in the sequence length.
 #include <algorithm>
 #include <cmath>
+#include <span>
 #include <vector>
 
-#include "../simd/transpose.hpp"
-#include "prefill/schedule.hpp"
-#include "../simd/widen.hpp"
+#include "../../core/aligned.hpp"
+#include "../../core/dtype.hpp"
+#include "../../core/mask.hpp"
+#include "../../core/options.hpp"
+#include "../../core/validate.hpp"
+#include "../../parallel/thread_pool.hpp"
+#include "../../parallel/workspace.hpp"
+#include "../../simd/microkernel.hpp"
+#include "../../simd/prefetch.hpp"
+#include "../../simd/transpose.hpp"
+#include "../../simd/widen.hpp"
 
 namespace attnkit::detail {
 
@@ -27,14 +36,27 @@ struct token_ref {
   batch_keys keys{};
 };
 
-/// What the skeleton needs from a feature map after the policy adapter resolved it:
+/// What the skeletons need from a feature map after the policy's engine resolved it
+/// for one call (kernel/kernelized/features.hpp):
 ///   index_t dim() const                                       — feature dimension M
 ///   void map(const float* x, const token_ref&, float* out) const — one token's features
+/// and, for the backward (kernel/kernelized/backward.hpp),
+///   void vjp(const float* x, const token_ref&, const float* dphi, float* dx) const — dx += Jᵀ·dphi
 template <class F>
 concept resolved_feature = requires(const F& f, const float* x, float* out, const token_ref& t) {
   { f.dim() } -> std::convertible_to<index_t>;
   f.map(x, t, out);
 };
+
+/// Keys row i of a kernelised call sees: the prefix [0, p_i) (all valid keys when
+/// non-causal; the causal prefix, current token included, otherwise). Never
+/// decreases with i, and grows by at most 1 per row below lk.
+inline index_t kernelized_prefix(const options& opt, const batch_keys& bk, index_t i) noexcept {
+  index_t p = bk.lk;
+  if (opt.causal == causal::top_left) p = std::min(p, i + 1);
+  if (opt.causal == causal::bottom_right) p = std::min(p, i + bk.delta + 1);
+  return std::max<index_t>(p, 0);
+}
 
 /// Parameters of one kernelised call, resolved by the policy adapter.
 struct kernelized_params {
@@ -73,13 +95,7 @@ void run_kernelized(const FQ& fq, const FK& fk, const kernelized_params& prm, co
     const index_t b = task / sh.q_heads, h = task % sh.q_heads, g = h / sh.group();
     const batch_keys bk = keys_of_batch(opt, b, Lq, Lk);
     const double lambda = prm.decay.empty() ? 1.0 : prm.decay[static_cast<std::size_t>(h)];
-    // Keys visible to row i: [0, prefix(i)).
-    auto prefix = [&](index_t i) -> index_t {
-      index_t p = bk.lk;
-      if (opt.causal == causal::top_left) p = std::min(p, i + 1);
-      if (opt.causal == causal::bottom_right) p = std::min(p, i + bk.delta + 1);
-      return std::max<index_t>(p, 0);
-    };
+    auto prefix = [&](index_t i) { return kernelized_prefix(opt, bk, i); };  // keys [0, prefix(i))
 
     // Named references, not a structured binding: the lambdas below capture them
     // (clang before 16 cannot capture structured bindings).
