@@ -7,10 +7,12 @@
 if(CMAKE_CXX_COMPILER_LOADED AND NOT ATTNKIT_NO_ARCH_WARNING
    AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i[3-6]86|x86)$")
   include(CheckCXXSourceCompiles)
+  set(_attnkit_quiet "${CMAKE_REQUIRED_QUIET}")  # the consumer's setting, restored below
   set(CMAKE_REQUIRED_QUIET ON)
   check_cxx_source_compiles("#if !defined(__AVX2__)\n#error below AVX2\n#endif\nint main() { return 0; }\n"
                             ATTNKIT_CXX_FLAGS_HAVE_AVX2)
-  unset(CMAKE_REQUIRED_QUIET)
+  set(CMAKE_REQUIRED_QUIET "${_attnkit_quiet}")
+  unset(_attnkit_quiet)
   if(NOT ATTNKIT_CXX_FLAGS_HAVE_AVX2)
     message(STATUS "attnkit: CMAKE_CXX_FLAGS target x86 below AVX2: unless your targets add -march=native "
                    "(or x86-64-v3/v4), attention() runs on SSE2, several times slower. Check with "
