@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "../core/dtype.hpp"
+#include "../core/dtype_rules.hpp"
 #include "../core/validate.hpp"
 #include "ring_plan.hpp"
 
@@ -440,6 +441,14 @@ void ring_attention(const softmax& pol, tensor_view<const float> q, tensor_view<
                     tensor_view<const float16> v, tensor_view<float> out, const options& opt, MPI_Comm comm,
                     const ring_options& ring = {}) {
   detail::ring_attention_impl<Arch>(pol, q, k, v, out, opt, comm, ring);
+}
+
+/// Any other element types: a one-line compile error stating attention()'s rule.
+template <class Arch = simd::default_arch, class Q, class K, class V, class O>
+  requires(!attnkit::detail::attention_dtypes<Q, K, V, O>)
+void ring_attention(const softmax&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, const options&,
+                    MPI_Comm, const ring_options& = {}) {
+  attnkit::detail::reject_attention_dtypes<Q, K, V, O>();
 }
 
 }  // namespace attnkit::distributed

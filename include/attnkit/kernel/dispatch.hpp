@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "../core/dtype.hpp"
+#include "../core/dtype_rules.hpp"
 #include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
 #include "../core/validate.hpp"
@@ -116,6 +117,16 @@ template <class Arch = simd::default_arch, policy P, class Observer = null_obser
 void attention(const P& pol, tensor_view<const float> q, tensor_view<const float16> k,
                tensor_view<const float16> v, tensor_view<float> out, const options& opt = {}, Observer&& obs = {}) {
   detail::attention_impl<Arch>(pol, q, k, v, out, opt, obs);
+}
+
+/// Any other element types: a compile error that states the rule in one line
+/// (core/dtype_rules.hpp). Never viable for a valid call, so it cannot take one.
+template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O,
+          class Observer = null_observer>
+  requires(!detail::attention_dtypes<Q, K, V, O>)
+void attention(const P&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, const options& = {},
+               Observer&& = {}) {
+  detail::reject_attention_dtypes<Q, K, V, O>();
 }
 
 }  // namespace attnkit

@@ -50,4 +50,16 @@ void attention_gated(const stochastic_permutation& pol, tensor_view<const float>
           out(b, h, i, d) = at(g1, b, h, i, d) * SA(b, h, i, d) + at(g2, b, h, i, d) * SWA(b, h, i, d);
 }
 
+/// Any other element types: a one-line compile error stating the rule (float only;
+/// the gates count as q here).
+template <class Arch = simd::default_arch, class G1, class G2, class Q, class K, class V, class O>
+  requires(!(detail::fp32_dtypes<Q, K, V, O> && detail::is_float_input_v<G1> && detail::is_float_input_v<G2>))
+void attention_gated(const stochastic_permutation&, tensor_view<G1>, tensor_view<G2>, tensor_view<Q>, tensor_view<K>,
+                     tensor_view<V>, tensor_view<O>, const options& = {}) {
+  if constexpr (!detail::is_float_input_v<G1> || !detail::is_float_input_v<G2>)
+    static_assert(detail::dependent_false_v<G1>, "attnkit: attention_gated's gates g1 and g2 must be views of float");
+  else
+    detail::reject_fp32_dtypes<Q, K, V, O>();
+}
+
 }  // namespace attnkit

@@ -110,4 +110,14 @@ void attention_varlen(const P& pol, tensor_view<const float> q, tensor_view<cons
   if constexpr (std::remove_cvref_t<Observer>::enabled) obs.end();
 }
 
+/// Any other element types: a one-line compile error stating the rule (float only).
+template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O,
+          class Observer = null_observer>
+  requires(!detail::fp32_dtypes<Q, K, V, O>)
+void attention_varlen(const P&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>,
+                      std::span<const std::int64_t>, std::span<const std::int64_t>, const options& = {},
+                      Observer&& = {}) {
+  detail::reject_fp32_dtypes<Q, K, V, O>();
+}
+
 }  // namespace attnkit

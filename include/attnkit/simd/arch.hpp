@@ -32,6 +32,25 @@ using default_arch = xsimd::default_arch;
 using default_arch = scalar;
 #endif
 
+// An x86 build without AVX2 (no -march: GCC and Clang target SSE2) runs attention()
+// several times slower, silently. Say so once per translation unit, as a note
+// (#pragma message: not a warning for GCC, and kept out of -Werror for Clang).
+// Silence it with -DATTNKIT_NO_ARCH_WARNING; attnkit/dispatch/runtime.hpp picks
+// AVX2/AVX-512 at run time instead.
+#if (defined(__x86_64__) || defined(_M_X64) || defined(__i386__)) && !XSIMD_WITH_AVX2 && \
+    !defined(ATTNKIT_NO_ARCH_WARNING)
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic warning "-W#pragma-messages"
+#endif
+#pragma message( \
+    "attnkit: compiling for x86 below AVX2 (no -march?): attention() runs several times slower. Add -march=native " \
+    "or -march=x86-64-v3/v4, or see attnkit/dispatch/runtime.hpp; silence with -DATTNKIT_NO_ARCH_WARNING")
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
+#endif
+
 template <class Arch>
 inline constexpr bool is_scalar_v = std::is_same_v<Arch, scalar>;
 
@@ -60,7 +79,9 @@ using compiled_archs = detail::push_if_t<
                       xsimd::fma3<xsimd::avx2>, XSIMD_WITH_AVX2 && XSIMD_WITH_FMA3_AVX2>,
     xsimd::avx512f, XSIMD_WITH_AVX512F>;
 
-template <class Arch>
+/// The name of an arch tag: xsimd's ("sse2", "fma3+avx2", "avx512bw", ...) or
+/// "scalar". arch_name<>() names default_arch, the path attention() takes.
+template <class Arch = default_arch>
 constexpr const char* arch_name() noexcept {
   if constexpr (is_scalar_v<Arch>)
     return "scalar";

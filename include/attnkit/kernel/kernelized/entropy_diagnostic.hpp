@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../../core/dtype_rules.hpp"
 #include "../../core/validate.hpp"
 #include "../../observe/observer.hpp"
 #include "../../parallel/thread_pool.hpp"
@@ -108,6 +109,14 @@ void kernelized_entropy(const P& pol, tensor_view<const float> q, tensor_view<co
                                     detail::kernelized_entropy_impl<Arch>(fq, fk, prm.decay, sh, q, k, opt, obs,
                                                                           sample_rows, seed);
                                   });
+}
+
+/// Any other element types: a one-line compile error stating the rule (float only).
+template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class Observer>
+  requires(std::is_same_v<typename P::family, family::kernelized> && !detail::fp32_dtypes<Q, K, V, float>)
+void kernelized_entropy(const P&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, const options&, Observer&&,
+                        index_t = 0, std::uint64_t = 0) {
+  detail::reject_fp32_dtypes<Q, K, V, float>();
 }
 
 }  // namespace attnkit

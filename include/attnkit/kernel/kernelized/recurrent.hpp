@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../../core/dtype_rules.hpp"
 #include "../../core/validate.hpp"
 #include "../../parallel/thread_pool.hpp"
 #include "../../parallel/workspace.hpp"
@@ -108,6 +109,14 @@ void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<c
     }
   });
   state.tokens += T;
+}
+
+/// Any other element types: a one-line compile error stating the rule (float only).
+template <class Arch = simd::default_arch, class F, class Q, class K, class V, class O>
+  requires(!detail::fp32_dtypes<Q, K, V, O>)
+void linear_step(const linear<F>&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, linear_state&,
+                 const options& = {}) {
+  detail::reject_fp32_dtypes<Q, K, V, O>();
 }
 
 }  // namespace attnkit
