@@ -25,7 +25,7 @@ namespace detail {
 template <class Arch, class P, class KV, class Observer>
 void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                     const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
-  const problem_shape shape = validate_call(q, k, v, out, opt);
+  const problem_shape shape = validate_call(q, k, v, out, opt, true, /*kernel_takes_dropout=*/true);
   workspace_lease lease(opt.workspace);
   workspace& ws = lease.get();
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
@@ -58,6 +58,8 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     static_assert(!Observer::enabled,
                   "attnkit: kernelised policies have no fused observer; use reference::attention for their "
                   "O(N^2) entropy diagnostic");
+    if (opt.dropout.active())
+      fail("options.dropout", "p", "0 (kernelised attention has no attention-weight matrix to drop)", opt.dropout.p);
     if constexpr (std::is_same_v<P, log_normal>)
       run_log_normal<Arch>(pol, shape, q, k, v, out, opt, ws);
     else
