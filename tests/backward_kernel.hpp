@@ -81,9 +81,14 @@ double rel_error(const std::vector<float>& a, const std::vector<R>& r, bool& nan
   return err;
 }
 
-/// Forward kernel, backward kernel and oracle on `p` with options `opt`: d sinks when
+/// Where out and lse come from: the forward kernel (the pipeline a user runs), or the
+/// forward oracle rounded to float (keeps the tests that cover variants from
+/// compiling a forward kernel per variant; the backward kernel sees the same call).
+enum class forward { kernel, oracle };
+
+/// Forward, backward kernel and oracle on `p` with options `opt`: d sinks when
 /// options.sinks is set, d bias when options.bias is set. K/V are stored as KV.
-template <class Arch, class P, class KV = float>
+template <class Arch, class P, class KV = float, forward Fwd = forward::kernel>
 result compare(const P& pol, const problem& p, options opt, backward_options bo = {}) {
   std::vector<KV> k16(p.k.size()), v16(p.v.size());
   for (std::size_t i = 0; i < p.k.size(); ++i) k16[i] = KV(p.k[i]);
@@ -95,7 +100,17 @@ result compare(const P& pol, const problem& p, options opt, backward_options bo 
   std::vector<float> out(p.out_size()), lse(static_cast<std::size_t>(p.B * p.Hq * p.Lq));
   const bool normalized = softmax_normalized<P>();
   opt.lse = normalized ? lse.data() : nullptr;
-  attention<Arch>(pol, q, k, v, p.view(out.data(), p.Hq, p.Lq, p.Dv), opt);
+  if constexpr (Fwd == forward::kernel) {
+    attention<Arch>(pol, q, k, v, p.view(out.data(), p.Hq, p.Lq, p.Dv), opt);
+  } else {
+    std::vector<double> o64(out.size());
+    options o = opt;
+    o.lse = nullptr;
+    const auto r = reference::attention(pol, q, k, v, p.view(o64.data(), p.Hq, p.Lq, p.Dv), o);
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(o64[i]);
+    if (normalized)
+      for (std::size_t i = 0; i < lse.size(); ++i) lse[i] = static_cast<float>(r.lse[i]);
+  }
   const auto o = p.view(static_cast<const float*>(out.data()), p.Hq, p.Lq, p.Dv);
 
   result res;
@@ -123,6 +138,12 @@ result compare(const P& pol, const problem& p, options opt, backward_options bo 
   if (!res.gsinks.empty()) res.dsinks = rel_error(res.gsinks, ref.dsinks, res.nan_mismatch);
   if (!res.gbias.empty()) res.dbias = rel_error(res.gbias, ref.dbias, res.nan_mismatch);
   return res;
+}
+
+/// compare() with out and lse from the forward oracle.
+template <class Arch, class P>
+result compare_o(const P& pol, const problem& p, const options& opt, const backward_options& bo = {}) {
+  return compare<Arch, P, float, forward::oracle>(pol, p, opt, bo);
 }
 
 /// CHECKs every error of `r` against the tolerance, with context.
