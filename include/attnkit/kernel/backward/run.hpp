@@ -33,13 +33,18 @@ struct bwd_partials {
   std::size_t bytes() const { return (dq.capacity() + dbias.capacity()) * sizeof(float) + visible.capacity(); }
 };
 
+/// Tasks the main pass aims for when a call has fewer (batch, kv head) pairs.
+inline constexpr index_t bwd_min_tasks = 8;
+
 /// Parts the keys of each (batch, kv head) are split into: 1 unless the call has
-/// few heads; a function of the shape only, so the sums' order never depends on
-/// the thread count.
+/// fewer than bwd_min_tasks heads, then enough for that many tasks (each part at
+/// least 4 key blocks). A function of the shape only, so the sums' order never
+/// depends on the thread count. Each part costs one more dQ accumulator: at most
+/// bwd_min_tasks × the size of dq.
 inline index_t bwd_parts(const problem_shape& sh) {
   const index_t heads = sh.batch * sh.kv_heads, blocks = (sh.k_len + bwd_key_block - 1) / bwd_key_block;
-  if (heads >= 16 || blocks < 8) return 1;
-  return std::clamp<index_t>((16 + heads - 1) / heads, 1, blocks / 4);
+  if (heads >= bwd_min_tasks || blocks < 8) return 1;
+  return std::clamp<index_t>((bwd_min_tasks + heads - 1) / heads, 1, blocks / 4);
 }
 
 /// Key blocks [first, last) of part p of `parts` for batch b: equal shares of the
