@@ -181,8 +181,9 @@ std::vector<epoch_log> train(const char* name, int epochs, int steps, double lam
   attnkit::backward_options bo;
   if (lambda > 0) bo.reg = attnkit::regularizer::mean_entropy(lambda);
   std::vector<epoch_log> log;
-  std::printf("\n%s\nepoch  train loss  test acc   mean entropy per head (nats; uniform = %.2f)\n", name,
-              std::log(double(P)));
+  std::printf("\n%s (epoch 0: before training, loss on the held-out batch)\n"
+              "epoch  train loss  test acc   mean entropy per head (nats; uniform = %.2f)\n",
+              name, std::log(double(P)));
   for (int e = 0; e <= epochs; ++e) {
     epoch_log ep;
     for (int s = 0; s < (e ? steps : 0); ++s) ep.loss += run_step(mdl, make_batch(data), true, bo, nullptr).loss / steps;

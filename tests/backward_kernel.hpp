@@ -90,9 +90,17 @@ enum class forward { kernel, oracle };
 /// options.sinks is set, d bias when options.bias is set. K/V are stored as KV.
 template <class Arch, class P, class KV = float, forward Fwd = forward::kernel>
 result compare(const P& pol, const problem& p, options opt, backward_options bo = {}) {
+  // KV(x) would aggregate-initialise a 16-bit type's raw bits from x (C++20
+  // parenthesised aggregates; GCC accepts it): convert through from_float.
+  auto to_kv = [](float x) {
+    if constexpr (std::is_same_v<KV, float>)
+      return x;
+    else
+      return KV::from_float(x);
+  };
   std::vector<KV> k16(p.k.size()), v16(p.v.size());
-  for (std::size_t i = 0; i < p.k.size(); ++i) k16[i] = KV(p.k[i]);
-  for (std::size_t i = 0; i < p.v.size(); ++i) v16[i] = KV(p.v[i]);
+  for (std::size_t i = 0; i < p.k.size(); ++i) k16[i] = to_kv(p.k[i]);
+  for (std::size_t i = 0; i < p.v.size(); ++i) v16[i] = to_kv(p.v[i]);
   const auto q = p.view(static_cast<const float*>(p.q.data()), p.Hq, p.Lq, p.D);
   const auto k = p.view(static_cast<const KV*>(k16.data()), p.Hkv, p.Lk, p.D);
   const auto v = p.view(static_cast<const KV*>(v16.data()), p.Hkv, p.Lk, p.Dv);
