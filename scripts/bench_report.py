@@ -36,6 +36,8 @@ WINDOW_PER_X4 = 4.4         # sliding window: time per x4 of N
 LINEAR_BACKWARD_PER_X4 = 4.4  # linear attention causal backward: time per x4 of N, from N = 4096
 OBSERVER_OVERHEAD = 1.10    # entropy observer on vs off
 CUSTOM_VS_BUILTIN = 0.90    # a variant defined outside the library vs the built-in one doing the same work
+BACKWARD_TARGET = 0.60      # softmax backward, N >= 4096, 1 thread (causal or not): >= 60% of the FMA peak
+FWD_BWD_VS_EIGEN = 3.0      # forward+backward vs a naive Eigen forward+backward (materialised N×N): >= 3× faster
 SPREAD_WARNING = 0.10       # limit measurements differing by more than this
 
 ABOVE_LIMIT = "⚠ above 100%: measurement problem"
@@ -207,11 +209,14 @@ def main():
         out.append(f"- {what}, {t} thread(s): " + ", ".join(f"{s}: {v:.1f} {unit}" for s, v in vals))
     out += ["", "fp32, B = 1, H = 8, Lq = Lk = N unless the name says otherwise. GFLOP/s count useful flop "
             "only: 4·N²·D·H, halved for causal; 4·D·H per allowed (query, key) pair for sparse patterns "
-            "(`density` = allowed pairs ÷ N²).", ""]
+            "(`density` = allowed pairs ÷ N²). `backward`: 10·N²·D·H (the five N×N×D products of "
+            "FlashAttention-2's backward, S recomputed), halved for causal; `fwd_bwd` and `eigen_fwd_bwd`: "
+            "14·N²·D·H for both.", ""]
 
     def sort_key(item):
         v, f, _, _ = item
-        order = {"softmax": 0, "sigmoid": 1, "eigen_naive": 2}.get(v, 3)
+        order = {"softmax": 0, "sigmoid": 1, "eigen_naive": 2, "backward": 3, "fwd_bwd": 4,
+                 "eigen_fwd_bwd": 5}.get(v, 6)
         return (order, v, f.get("D", 0), f.get("causal", 0), f.get("N", 0), f.get("threads", 1))
 
     prefill.sort(key=sort_key)
@@ -227,6 +232,8 @@ def main():
                     target = verdict(f"≥ {pct(PREFILL_TARGET)}", fr >= PREFILL_TARGET, fr > 1)
                 else:
                     target = verdict(f"≥ {pct(PREFILL_TARGET_N256)}", fr >= PREFILL_TARGET_N256, fr > 1)
+            elif v == "backward" and f.get("threads") == 1 and f.get("N", 0) >= 4096:
+                target = verdict(f"≥ {pct(BACKWARD_TARGET)}", fr >= BACKWARD_TARGET, fr > 1)
             elif fr > 1:
                 target = ABOVE_LIMIT
             out.append(f"| `{name}` | {r['time'] * 1e3:.2f} ms | {r['counters']['GFLOPS']:.1f} | {pct(fr)} | {target} |")
@@ -266,14 +273,14 @@ def main():
                 ratio_rows.append((f"`{mine}` vs `{name}` (naive, materialised N×N)",
                                    f"{gflops(mine) / r['counters']['GFLOPS']:.2f}×", ""))
     for v, f, name, r in prefill:
-        if v in ("softmax", "sigmoid") and f.get("threads") == 1:
+        if v in ("softmax", "sigmoid", "backward") and f.get("threads") == 1:
             for t in fma_threads:
                 other = name.replace("/threads:1", f"/threads:{t}")
                 if t == 1 or not gflops(other):
                     continue
                 s = gflops(other) / r["counters"]["GFLOPS"]
                 tgt = verdict(f"≥ {SCALING_TARGET}", s >= SCALING_TARGET, suspect(name, other)) \
-                    if t == 2 and v == "softmax" and f.get("N", 0) >= 1024 else ""
+                    if t == 2 and v in ("softmax", "backward") and f.get("N", 0) >= 1024 else ""
                 ratio_rows.append((f"`{other}` vs `{name}` (thread scaling)", f"{s:.2f}×", tgt))
     for v, f, name, r in prefill:
         if v == "softmax" and f.get("causal") == 1:
@@ -283,6 +290,14 @@ def main():
                 tgt = verdict(f"≥ {CAUSAL_EFFICIENCY} (stretch)", e >= CAUSAL_EFFICIENCY, suspect(name, dense)) \
                     if f.get("N", 0) >= 4096 else ""
                 ratio_rows.append((f"`{name}` vs `{dense}` (causal efficiency, per useful flop)", f"{e:.2f}×", tgt))
+    for v, f, name, r in prefill:
+        if v == "eigen_fwd_bwd":
+            mine = f"fwd_bwd/N:{f['N']}/D:{f['D']}/threads:1"
+            if time_of(mine):
+                x = r["time"] / time_of(mine)
+                ratio_rows.append((f"`{mine}` vs `{name}` (speed: naive time / attnkit time; naive materialises N×N)",
+                                   f"{x:.2f}×", verdict(f"≥ {FWD_BWD_VS_EIGEN}", x >= FWD_BWD_VS_EIGEN,
+                                                        suspect(name, mine))))
     for v, f, name, r in prefill:
         if v == "sigmoid":
             sm = name.replace("sigmoid/", "softmax/", 1)

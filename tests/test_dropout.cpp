@@ -159,7 +159,7 @@ TEST_CASE("dropout in the forward oracle: dropped weights after normalisation, k
   }
 }
 
-TEST_CASE("dropout validation: p in [0, 1); the kernels refuse it for now", "[dropout][validation]") {
+TEST_CASE("dropout validation: p in [0, 1); entry points without dropout refuse it", "[dropout][validation]") {
   reftest::tensor q(1, 1, 3, 4, 1), k(1, 1, 5, 4, 2), v(1, 1, 5, 4, 3), o(1, 1, 3, 4);
   for (float p : {-0.1f, 1.0f, 1.5f, std::nanf("")}) {
     options opt;
@@ -174,16 +174,29 @@ TEST_CASE("dropout validation: p in [0, 1); the kernels refuse it for now", "[dr
   std::vector<float> qf(12, 0.5f), kf(20, 0.25f), vf(20, 1.0f), out(12, -3.0f);
   options opt;
   opt.dropout = {0.1f, 1, 2};
+  // attention() and attention_backward() implement dropout; the packed-batch entry
+  // point does not and refuses it before writing anything.
+  const std::int64_t cu_q[2] = {0, 3}, cu_k[2] = {0, 5};
   try {
-    attention<simd::scalar>(softmax{}, bhsd(static_cast<const float*>(qf.data()), 1, 1, 3, 4),
-                            bhsd(static_cast<const float*>(kf.data()), 1, 1, 5, 4),
-                            bhsd(static_cast<const float*>(vf.data()), 1, 1, 5, 4), bhsd(out.data(), 1, 1, 3, 4), opt);
-    FAIL("the kernel accepted dropout");
+    attention_varlen<simd::scalar>(softmax{}, bhsd(static_cast<const float*>(qf.data()), 1, 1, 3, 4),
+                                   bhsd(static_cast<const float*>(kf.data()), 1, 1, 5, 4),
+                                   bhsd(static_cast<const float*>(vf.data()), 1, 1, 5, 4), bhsd(out.data(), 1, 1, 3, 4),
+                                   cu_q, cu_k, opt);
+    FAIL("attention_varlen accepted dropout");
   } catch (const invalid_argument_error& e) {
     CHECK(e.argument() == "options.dropout");
-    CHECK(std::string(e.what()).find("not supported by the kernel yet") != std::string::npos);
+    CHECK(std::string(e.what()).find("does not implement dropout") != std::string::npos);
   }
   for (float x : out) CHECK(x == -3.0f);  // nothing written
+  try {
+    attention<simd::scalar>(linear{feature::elu_plus_one{}}, bhsd(static_cast<const float*>(qf.data()), 1, 1, 3, 4),
+                            bhsd(static_cast<const float*>(kf.data()), 1, 1, 5, 4),
+                            bhsd(static_cast<const float*>(vf.data()), 1, 1, 5, 4), bhsd(out.data(), 1, 1, 3, 4), opt);
+    FAIL("a kernelised policy accepted dropout");
+  } catch (const invalid_argument_error& e) {
+    CHECK(e.argument() == "options.dropout");
+  }
+  for (float x : out) CHECK(x == -3.0f);
   opt.dropout.p = 0.0f;  // off: the kernel runs
   attention<simd::scalar>(softmax{}, bhsd(static_cast<const float*>(qf.data()), 1, 1, 3, 4),
                           bhsd(static_cast<const float*>(kf.data()), 1, 1, 5, 4),

@@ -21,6 +21,7 @@
 #include "core/validate.hpp"
 #include "core/validate_backward.hpp"
 #include "core/version.hpp"
+#include "kernel/backward.hpp"
 #include "kernel/dispatch.hpp"
 #include "kernel/gated.hpp"
 #include "kernel/kernelized/entropy_diagnostic.hpp"

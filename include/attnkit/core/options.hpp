@@ -59,8 +59,8 @@ enum class masked_rows : std::uint8_t {
 /// is a pure function of (seed, offset, b, h, i, j) through Philox-4x32-10
 /// (core/dropout.hpp): no mask is stored, the forward and the backward draw the same
 /// mask, and any thread count gives the same one. Advance `offset` (or change `seed`)
-/// between calls that must drop differently. p = 0: off. The kernels do not implement
-/// dropout yet (attention() rejects p != 0); the float64 oracle does.
+/// between calls that must drop differently. p = 0: off. Quadratic-family policies
+/// only (kernelised ones have no weight matrix and reject it).
 struct dropout {
   float p = 0.0f;  ///< drop probability, in [0, 1)
   std::uint64_t seed = 0;

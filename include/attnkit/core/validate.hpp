@@ -241,11 +241,14 @@ void check_shapes(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tens
 
 /// Validates q/k/v/out/options of an attention call; throws invalid_argument_error
 /// naming the argument and the expected vs actual value. `require_contiguous_dim`
-/// is true for the SIMD kernels (the reference oracle accepts any stride); those
-/// calls also reject options.dropout, which only the oracle implements so far.
+/// is true for the SIMD kernels (the reference oracle accepts any stride). Kernel
+/// entry points that do not implement options.dropout (varlen, gated, ring,
+/// recurrent, diagnostics) reject it; attention() and attention_backward() pass
+/// `kernel_takes_dropout` (the oracle always takes it).
 template <class TQ, class TK, class TV, class TO>
 problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
-                            const tensor_view<TO>& out, const options& opt, bool require_contiguous_dim = true) {
+                            const tensor_view<TO>& out, const options& opt, bool require_contiguous_dim = true,
+                            bool kernel_takes_dropout = false) {
   using detail::fail;
   detail::check_view_basics("q", q);
   detail::check_view_basics("k", k);
@@ -277,9 +280,9 @@ problem_shape validate_call(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   if (opt.num_threads < 0) fail("options.num_threads", "", ">= 0 (0 = automatic)", opt.num_threads);
   detail::check_positions(opt);
   detail::check_dropout(opt.dropout, s.batch, s.q_heads, s.q_len, s.k_len);
-  if (require_contiguous_dim && opt.dropout.active())  // the kernels' calls; the oracle implements dropout
-    fail("options.dropout", "p", "0 (dropout is not supported by the kernel yet; reference::attention implements it)",
-         opt.dropout.p);
+  if (require_contiguous_dim && !kernel_takes_dropout && opt.dropout.active())
+    fail("options.dropout", "p",
+         "0 (this entry point does not implement dropout; attention() and attention_backward() do)", opt.dropout.p);
   if (opt.num_threads == 0) detail::env_num_threads();  // an invalid ATTNKIT_NUM_THREADS is reported now
   detail::check_broadcastable("options.mask", opt.mask, s.batch, s.q_heads, s.q_len, s.k_len);
   detail::check_broadcastable("options.bias", opt.bias, s.batch, s.q_heads, s.q_len, s.k_len);

@@ -69,7 +69,7 @@ problem_shape validate_backward_call(const tensor_view<TQ>& q, const tensor_view
                                      const options& opt, const backward_options& bo, const backward_policy_facts& f,
                                      bool require_contiguous_dim) {
   using detail::fail;
-  const problem_shape s = validate_call(q, k, v, out, opt, require_contiguous_dim);
+  const problem_shape s = validate_call(q, k, v, out, opt, require_contiguous_dim, /*kernel_takes_dropout=*/true);
   detail::check_view_basics("dout", dout);
   for (int a = 0; a < 4; ++a) detail::check_extent("dout", dout, a, out.extent[a], std::string("= out.") + detail::axis_name(a));
   if (require_contiguous_dim) detail::check_unit_dim_stride("dout", dout);

@@ -11,6 +11,7 @@
 #include "../simd/decode_kernels.hpp"
 #include "../parallel/thread_pool.hpp"
 #include "../parallel/workspace.hpp"
+#include "dropout_bits.hpp"
 #include "prefill/call.hpp"
 #include "prefill/epilogue.hpp"
 #include "prefill/logits.hpp"
@@ -183,6 +184,7 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       }
     // Weights and per-row partial state.
     const auto wp = resolve_weight(pol, weight_context{bk.lk, Lq, D});
+    const dropout_mask drop(opt.dropout);
     for (index_t r = 0; r < rows; ++r) {
       float* rowS = S + r * len;
       float* pr = partial + ((bg * chunks + ch) * rows + r) * rec;
@@ -219,6 +221,8 @@ void run_decode(const Pol& pol, const problem_shape& sh, const tensor_view<const
       } else {
         weigh_logits_any<Arch, Pol, keeps_row_sum<Pol>, Obs::enabled && Obs::wants_entropy>(pol, wp, rowS, len, l, t);
       }
+      if (drop.active()) [[unlikely]]  // after l took the undropped weights, before P·V
+        drop_weights(drop, static_cast<float>(drop.scale()), b, g * G + r / Lq, r % Lq, j0, rowS, len);
       pr[0] = m;
       pr[1] = l;
       pr[2] = t;

@@ -32,7 +32,7 @@ namespace detail {
 template <class P, class KV>
 problem_shape check_call(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
                          const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt) {
-  const problem_shape shape = validate_call(q, k, v, out, opt);
+  const problem_shape shape = validate_call(q, k, v, out, opt, true, /*kernel_takes_dropout=*/true);
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     static_assert(check_weight_function<P>());
     check_weight_options<P>(opt);
@@ -76,6 +76,8 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     static_assert(!Observer::enabled,
                   "attnkit: kernelised policies have no fused observer; use reference::attention for their "
                   "O(N^2) entropy diagnostic");
+    if (opt.dropout.active())
+      fail("options.dropout", "p", "0 (kernelised attention has no attention-weight matrix to drop)", opt.dropout.p);
     run_kernelized_forward<Arch>(pol, shape, q, k, v, out, opt, ws);  // the policy's engine (kernelized/engine.hpp)
   } else {
     static_assert(std::is_same_v<typename P::family, family::quadratic>,

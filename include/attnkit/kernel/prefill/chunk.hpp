@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "../../simd/microkernel.hpp"
+#include "../dropout_bits.hpp"
 #include "logits.hpp"
 #include "row_weights.hpp"
 
@@ -34,11 +35,36 @@ index_t first_column(const Call& c, const chunk_run* runs, int nruns, index_t cb
   return -1;
 }
 
+/// Dropout (options.dropout) on a strip's weights in S, between the row state, which
+/// keeps the undropped weights (LSE, denominators), and P·V: kept weights × 1/(1 − p),
+/// dropped ones 0, each drawn by its original (b, h, i, j) (kernel/dropout_bits.hpp).
+template <class Arch, class Pol, class Keys>
+void chunk_dropout(const quadratic_call<Arch, Pol, Keys>& c, const strip_keys& sk, index_t row0, index_t b,
+                   index_t h, index_t bg, float* S, index_t ss, const chunk_run* runs, int nruns) {
+  const dropout_mask drop(c.opt.dropout);
+  const auto scale = static_cast<float>(drop.scale());
+  const index_t g = bg % c.shape.kv_heads;
+  for (int r = 0; r < sk.rows; ++r) {
+    index_t i = row0 + sk.r0 + r;
+    if constexpr (Keys::reordered) i = c.keys.token(h, i);
+    for (int u = 0; u < nruns; ++u) {
+      // Keys past Lk (a tile's tail) weigh 0 and have no original index.
+      const index_t n = std::min(runs[u].key1, c.shape.k_len) - runs[u].key0;
+      float* p = S + r * ss + runs[u].col0;
+      if constexpr (Keys::reordered)
+        drop_weights_mapped(drop, scale, b, h, i, p, n, [&](index_t t) { return c.keys.kv_token(g, runs[u].key0 + t); });
+      else
+        drop_weights(drop, scale, b, h, i, runs[u].key0, p, n);
+    }
+  }
+}
+
 /// Steps 2 and 3 of strip_chunk on a filled buffer S (row stride ss) whose runs of
 /// consecutive visited keys are runs[0, nruns) (in key order, at least one).
 template <class Arch, class Pol, class Obs, class Keys>
-void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t bg,
-                 float* S, index_t ss, const chunk_run* runs, int nruns, bool vbad, const weight_params_t<Pol>& wp) {
+void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, const strip_keys& sk, index_t row0,
+                 index_t b, index_t h, index_t bg, float* S, index_t ss, const chunk_run* runs, int nruns, bool vbad,
+                 const weight_params_t<Pol>& wp) {
   constexpr int W = simd::ops<Arch>::width;
   const index_t Dvp = c.kv->vdim_padded;
   const int r0 = sk.r0, R = sk.rows;
@@ -51,6 +77,8 @@ void chunk_apply(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
     if constexpr (Obs::enabled) observe_logits<Arch>(c, sc, r0 + r, x, cend - cbeg, first_column(c, runs, nruns, cbeg));
     scale[r] = row_weights<Arch, Pol, Obs>(c, sc, r0 + r, x, cend - cbeg, sc.chunk_max.data() + r * W, wp);
   }
+  if (c.opt.dropout.active()) [[unlikely]]
+    chunk_dropout(c, sk, row0, b, h, bg, S, ss, runs, nruns);
 
   // O = α·O + P·V.
   const float* vhead = c.kv->v_head(bg);
@@ -118,7 +146,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
   using std::integral_constant;
   for (index_t kb = kb0; kb < kb1; ++kb) {
     if (cols == chunk * BN) {  // the buffer is full: weights and P·V, then the next chunk
-      chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, wp);
+      chunk_apply<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, S, ss, runs, nruns, vbad, wp);
       nruns = 0, cols = 0, vbad = false;
       simd::fill<Arch>(rmax, neg_inf, R * W);
     }
@@ -196,7 +224,7 @@ void strip_chunk(const quadratic_call<Arch, Pol, Keys>& c, block_scratch& sc, co
       default: whole(integral_constant<int, 1>{}); break;
     }
   }
-  if (nruns > 0) chunk_apply<Arch, Pol, Obs>(c, sc, sk, bg, S, ss, runs, nruns, vbad, wp);
+  if (nruns > 0) chunk_apply<Arch, Pol, Obs>(c, sc, sk, row0, b, h, bg, S, ss, runs, nruns, vbad, wp);
 }
 
 }  // namespace attnkit::detail

@@ -37,7 +37,9 @@ void run_sparse(const sparse<P, Inner>& pol, const problem_shape& sh, const tens
     using hooks = pattern_hooks<P>;
     if constexpr (hooks::gathers) {
       // Blocks of rows that pack their own keys, each row's keys one run of them.
-      if (sh.q_len == sh.k_len && !has_positional_terms(opt) && hooks::gather_rows(pol.pattern) > 0) {
+      // (Dropout draws by token index: it takes the position-space path.)
+      if (sh.q_len == sh.k_len && !has_positional_terms(opt) && !opt.dropout.active() &&
+          hooks::gather_rows(pol.pattern) > 0) {
         run_quadratic<Arch>(pol.inner, sh, q, k, v, out, opt, obs, ws,
                             gathered_keys<P>{{}, pol.pattern, opt, sh.q_len, sh.k_len}, hooks::band(pol.pattern));
         return;
