@@ -308,3 +308,38 @@ TEST_CASE("kernelised backward validates before writing", "[backward][linear][va
   for (const auto* x : {&dq, &dk, &dv})
     for (float e : *x) CHECK(e == 5.0f);
 }
+
+// The public entry: attention_backward() sends kernelised policies to the same
+// backward (after validation; `out` from the forward kernel, no LSE needed).
+TEST_CASE("attention_backward() runs the kernelised backward", "[backward][linear][lln]") {
+  const problem p(2, 4, 2, 37, 37, 24, 16, 77);
+  for (causal c : {causal::none, causal::bottom_right}) {
+    options opt;
+    opt.causal = c;
+    const auto run = [&](const auto& pol) {
+      std::vector<float> out(p.out_size());
+      attention(pol, p.qv(), p.kv(), p.vv(), p.ov(out), opt);
+      const auto dout = attnkit_test::randn(p.out_size(), 992);
+      std::vector<float> dq(p.q.size(), nanf), dk(p.k.size(), nanf), dv(p.v.size(), nanf);
+      const auto ov = bhsd<const float>(out.data(), p.B, p.Hq, p.Lq, p.Dv);
+      const auto dov = bhsd<const float>(dout.data(), p.B, p.Hq, p.Lq, p.Dv);
+      attention_backward(pol, p.qv(), p.kv(), p.vv(), ov, nullptr, dov, bhsd(dq.data(), p.B, p.Hq, p.Lq, p.D),
+                         bhsd(dk.data(), p.B, p.Hkv, p.Lk, p.D), bhsd(dv.data(), p.B, p.Hkv, p.Lk, p.Dv), opt);
+      std::vector<double> rq(dq.size()), rk(dk.size()), rv(dv.size());
+      reference::attention_backward(pol, p.qv(), p.kv(), p.vv(), ov, nullptr, dov, bhsd(rq.data(), p.B, p.Hq, p.Lq, p.D),
+                                    bhsd(rk.data(), p.B, p.Hkv, p.Lk, p.D), bhsd(rv.data(), p.B, p.Hkv, p.Lk, p.Dv),
+                                    opt);
+      for (const auto& [got, ref] : {std::pair{&dq, &rq}, std::pair{&dk, &rk}, std::pair{&dv, &rv}}) {
+        double scale = 0, err = 0;
+        for (double r : *ref) scale = std::max(scale, std::abs(r));
+        for (std::size_t i = 0; i < got->size(); ++i) {
+          REQUIRE(std::isfinite((*got)[i]));
+          err = std::max(err, std::abs((*got)[i] - (*ref)[i]));
+        }
+        CHECK(err <= tol * scale);
+      }
+    };
+    run(linear{feature::elu_plus_one{}});
+    run(log_normal{});
+  }
+}

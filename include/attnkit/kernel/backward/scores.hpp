@@ -77,7 +77,7 @@ ATTNKIT_FORCE_INLINE void bwd_elementwise_tile(typename simd::ops<Arch>::vf (&ac
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
     const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
-    const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
+    const std::uint8_t* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
     const float flo = static_cast<float>(lo[r]), fhi = static_cast<float>(hi[r]);
     const vf diag = O::set1(static_cast<float>(i + bk.delta));
     for (int c = 0; c < NC; ++c) {
@@ -108,7 +108,7 @@ inline void bwd_elementwise_scalar(float* tile, index_t tile_stride, index_t len
   for (int r = 0; r < R; ++r) {
     const index_t i = row0 + r;
     const float* brow = opt.bias.data ? broadcast_row(opt.bias, b, h, i) : nullptr;
-    const bool* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
+    const std::uint8_t* mrow = opt.mask.data ? broadcast_row(opt.mask, b, h, i) : nullptr;
     float* s = tile + r * tile_stride;
     for (index_t jj = 0; jj < len; ++jj) {
       const index_t j = j0 + jj;

@@ -13,6 +13,7 @@
 #include "../../core/validate.hpp"
 #include "../../parallel/thread_pool.hpp"
 #include "../../parallel/workspace.hpp"
+#include "../../policy/linear.hpp"
 #include "features.hpp"
 #include "options.hpp"
 
