@@ -491,4 +491,21 @@ inline void pv_rows_q8(int R, const float* p, long ps, const block_q8<S>* v, lon
 #endif
 }
 
+/// x[0, d) = the values of the q8 row `row` (d = 32·blocks): dequantize_q8's bits,
+/// 16 values per instruction where `Arch` has the wide kernels.
+template <class Arch, class S>
+inline void dequantize_row(const block_q8<S>* row, long d, float* x) noexcept {
+#if ATTNKIT_WIDE_KV_KERNELS
+  if constexpr (has_wide_kv_kernels<Arch>) {
+    for (long b = 0; b < d / 32; ++b) {
+      const __m512 sc = kv_detail::scale16(row[b]);
+      _mm512_storeu_ps(x + 32 * b, kv_detail::load16_q8(row[b], 0, sc));
+      _mm512_storeu_ps(x + 32 * b + 16, kv_detail::load16_q8(row[b], 1, sc));
+    }
+    return;
+  }
+#endif
+  dequantize_q8(row, d, x);
+}
+
 }  // namespace attnkit::simd

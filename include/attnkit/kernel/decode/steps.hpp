@@ -26,6 +26,9 @@ namespace attnkit::detail {
 
 /// Keys per block (two 16-key logit kernels).
 inline constexpr int decode_block_keys = 32;
+/// A block of 16-bit or q8 rows read by at least this many query rows is widened
+/// to fp32 scratch once (exact), rather than in registers once per row.
+inline constexpr int decode_widen_rows = 3;
 
 /// The resolved facts of a decode call: what every step reads.
 template <class Pol, class KS, class VS>
@@ -148,6 +151,18 @@ key_range load_rows(const C& c, const decode_task& t, decode_scratch& sc) {
   return {std::min(lo_min, hi_max), hi_max};
 }
 
+/// The n rows of a run as fp32 rows (stride d) in `dst` (exact).
+template <class Arch, class E>
+void widen_block(const row_run<E>& run, int n, index_t d, aligned_vector<float>& dst) {
+  grow(dst, n * d);
+  for (int x = 0; x < n; ++x) {
+    if constexpr (is_q8_v<E>)
+      simd::dequantize_row<Arch>(run.data + x * run.stride, d, dst.data() + x * d);
+    else
+      widen(run.data + x * run.stride, dst.data() + x * d, d);
+  }
+}
+
 /// Step 2: logits of rows [ra, rb) for keys [j, j + n) (one run of K rows, n ≤ 32)
 /// into sc.s (row stride 32; keys a row may not see, and the padding, are −inf),
 /// with the options' element terms and the observer's per-row statistics.
@@ -159,6 +174,12 @@ void block_logits(const C& c, const decode_task& t, decode_scratch& sc, int ra, 
   float* S = sc.s.data();
   for (int r = ra; r < rb; ++r) std::fill_n(S + r * SB, SB, neg_inf);
   if constexpr (wide_rows<Arch, typename C::k_source>) {
+    if constexpr (!std::is_same_v<E, float>)
+      if (rb - ra >= decode_widen_rows) {  // many rows: widen the block once, then fp32 kernels
+        widen_block<Arch>(kr, n, D, sc.kwide);
+        block_logits<Arch, Obs>(c, t, sc, ra, rb, j, n, row_run<float>{sc.kwide.data(), D, n});
+        return;
+      }
     // Sixteen keys per kernel call, widened (or dequantised) in registers; the
     // block's K rows come from memory for the first row and from L1 for the others.
     for (int r = ra; r < rb; ++r) {
@@ -170,7 +191,7 @@ void block_logits(const C& c, const decode_task& t, decode_scratch& sc, int ra, 
         float* dst = S + r * SB + (x - j);
         if constexpr (is_q8_v<E>) {
           simd::dot16_q8<Arch>(qr, D, k0, kr.stride, m, dst);
-        } else if constexpr (native_bf16_rows<Arch, typename C::k_source>) {
+        } else if constexpr (native_bf16_rows<Arch, typename C::k_source> && std::is_same_v<E, bfloat16>) {
           const index_t dp = simd::bf16_padded(D);
           simd::dot16_bf16<Arch>(qr, sc.qsplit.data() + 2 * r * dp, sc.qsplit.data() + (2 * r + 1) * dp, D, k0,
                                  kr.stride, m, dst);
@@ -299,6 +320,12 @@ void block_pv(const C& c, decode_scratch& sc, int ra, int rb, int n, const row_r
     return;
   }
   if constexpr (wide_rows<Arch, typename C::v_source>) {
+    if constexpr (!std::is_same_v<E, float>)
+      if (rb - ra >= decode_widen_rows) {  // many rows: widen the block once, then fp32 kernels
+        widen_block<Arch>(vr, n, Dv, sc.vwide);
+        block_pv<Arch>(c, sc, ra, rb, n, row_run<float>{sc.vwide.data(), Dv, n}, false);
+        return;
+      }
     for (int r0 = ra; r0 < rb; r0 += 6) {
       const int R = std::min(6, rb - r0);
       if constexpr (is_q8_v<E>)
