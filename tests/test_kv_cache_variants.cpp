@@ -162,7 +162,11 @@ TEST_CASE("KV cache: linear attention's prefill state continues through decode s
   o.cache_seqlens = wrong;
   o.k_new = s.ks(0, 1);
   o.v_new = s.vs(0, 1);
+  const auto a0 = a;
+  const auto S0 = st2.S, z0 = st2.z;
   CHECK_THROWS_AS(attention_with_kv_cache(pol, s.qs(0, 1), st2, s.os(a, 0, 1), o), invalid_argument_error);
+  CHECK(st2.tokens == s.T);  // nothing absorbed, nothing written
+  CHECK((st2.S == S0 && st2.z == z0 && a == a0));
 }
 
 TEST_CASE("KV cache: q8 error against the float cache stays within the quantisation bound", "[kv_cache][q8]") {
