@@ -23,13 +23,22 @@
 /// NaN is recomputed in plain fp32, so non-finite keys behave exactly as in the
 /// float path. Both differences are documented in the README.
 ///
-/// Without AVX-512 the decode skeleton widens rows and uses the fp32 kernels;
-/// dot16_bf16 then runs the same split arithmetic in portable code, so the tests
-/// check its semantics on every build.
+/// dot16_q8 / pv_rows_q8: the same for 8-bit block-quantised K/V (core/quant.hpp):
+/// the int8 values are widened and scaled in registers (x = scale·q), fp32 sums.
+///
+/// ISA: the wide kernels use AVX-512 F, BW (16-bit masked loads) and VL (256-bit
+/// masked loads) instructions, so they are selected only for an `Arch` tag that
+/// promises BW (xsimd::avx512bw and its descendants) in a translation unit compiled
+/// for BW and VL; `xsimd::avx512f` (F only) takes the portable path, as every other
+/// architecture does: the decode skeleton widens rows into fp32 scratch and uses the
+/// fp32 kernels. dot16_bf16 then runs the same split arithmetic in portable code,
+/// so the tests check its semantics on every build.
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
 #include "../core/dtype.hpp"
+#include "../core/quant.hpp"
 #include "arch.hpp"
 #include "microkernel.hpp"  // ATTNKIT_UNROLL
 
@@ -45,14 +54,35 @@
 
 namespace attnkit::simd {
 
+/// True when `Arch` runs dot16, dot16_q8, pv_rows_kv and pv_rows_q8: an AVX-512 tag
+/// with BW (xsimd::avx512bw or a descendant) and a compiler targeting BW and VL.
+template <class Arch>
+inline constexpr bool has_wide_kv_kernels =
+#if ATTNKIT_WIDE_KV_KERNELS
+    std::is_base_of_v<xsimd::avx512bw, Arch>;
+#else
+    false;
+#endif
+
 /// True when `Arch` runs `dot16_bf16` on AVX512-BF16 instructions.
 template <class Arch>
 inline constexpr bool has_native_bf16_dot =
 #if defined(__AVX512BF16__) && ATTNKIT_WIDE_KV_KERNELS
-    std::is_base_of_v<xsimd::avx512f, Arch>;
+    has_wide_kv_kernels<Arch>;
 #else
     false;
 #endif
+
+/// Asks for the cache lines of [p, p + bytes) into L2 only (prefetcht1; a hint):
+/// for the decode kernels' next block of K/V rows.
+inline void prefetch_row_l2(const void* p, std::size_t bytes) noexcept {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 2);
+#else
+  (void)p, (void)bytes;
+#endif
+}
 
 /// Query length after zero padding to whole 32-element bf16 vectors.
 inline constexpr long bf16_padded(long d) noexcept { return (d + 31) / 32 * 32; }
@@ -163,15 +193,6 @@ inline void dot16_bf16(const float* q, const std::uint16_t* hi, const std::uint1
   }
 }
 
-/// True when `Arch` runs dot16 and pv_rows_kv (AVX-512 with BW and VL).
-template <class Arch>
-inline constexpr bool has_wide_kv_kernels =
-#if ATTNKIT_WIDE_KV_KERNELS
-    std::is_base_of_v<xsimd::avx512f, Arch>;
-#else
-    false;
-#endif
-
 #if ATTNKIT_WIDE_KV_KERNELS
 namespace kv_detail {
 /// 16 elements of K/V storage -> 16 floats (exact).
@@ -217,6 +238,15 @@ inline void pv_tile(const float* p, long ps, const KV* v, long vs, long keys, fl
 
 template <int R, class KV>
 inline void pv_row_block(int nv, const float* p, long ps, const KV* v, long vs, long keys, float* o, long os) noexcept {
+  if constexpr (R <= 2) {  // few rows: up to 8 vectors per pass, so 8+ FMA chains cover the latency
+    switch (nv) {
+      case 8: pv_tile<R, 8>(p, ps, v, vs, keys, o, os); return;
+      case 7: pv_tile<R, 7>(p, ps, v, vs, keys, o, os); return;
+      case 6: pv_tile<R, 6>(p, ps, v, vs, keys, o, os); return;
+      case 5: pv_tile<R, 5>(p, ps, v, vs, keys, o, os); return;
+      default: break;
+    }
+  }
   switch (nv) {
     case 4: pv_tile<R, 4>(p, ps, v, vs, keys, o, os); break;
     case 3: pv_tile<R, 3>(p, ps, v, vs, keys, o, os); break;
@@ -229,20 +259,30 @@ inline void pv_row_block(int nv, const float* p, long ps, const KV* v, long vs, 
 
 #if ATTNKIT_WIDE_KV_KERNELS
 namespace kv_detail {
-/// acc[j] += Σ over NCH 16-element chunks from element i of q·k_j; the last chunk
-/// reads only the lanes of `tail`. Key by key, each row front to back: sixteen
-/// rows read side by side would defeat the hardware prefetcher (measured 8%
-/// slower on an fp32 cache), one row at a time is a plain stream.
+/// acc[j] += Σ over NCH 16-element chunks from element i of q·k_j, k_j = k + j·ldk
+/// (spare lanes j >= n repeat row n − 1); the last chunk reads only the lanes of
+/// `tail`. Eight keys at a time, chunk by chunk: eight independent FMA chains
+/// cover the FMA latency (one key's chain of NCH dependent FMAs alone would stall),
+/// while each key's sum still runs over its chunks in order (the order dot1 uses).
+/// One base pointer and a stride rather than a table of sixteen row pointers, which
+/// GCC keeps on the stack.
 template <int NCH, class KV>
-inline void dot16_chunks(const float* q, long i, const KV* const* row, __mmask16 tail, __m512* acc) noexcept {
+ATTNKIT_FORCE_INLINE void dot16_chunks(const float* q, long i, const KV* k, long ldk, int n, __mmask16 tail,
+                                       __m512* acc) noexcept {
   __m512 qv[NCH];
   ATTNKIT_UNROLL
   for (int c = 0; c < NCH; ++c) qv[c] = c + 1 < NCH ? _mm512_loadu_ps(q + i + 16 * c) : _mm512_maskz_loadu_ps(tail, q + i + 16 * c);
   ATTNKIT_UNROLL
-  for (int j = 0; j < 16; ++j)
+  for (int h = 0; h < 16; h += 8) {
+    const KV* r[8];
+    ATTNKIT_UNROLL
+    for (int j = 0; j < 8; ++j) r[j] = k + (h + j < n ? h + j : n - 1) * ldk + i;
     ATTNKIT_UNROLL
     for (int c = 0; c < NCH; ++c)
-      acc[j] = _mm512_fmadd_ps(qv[c], c + 1 < NCH ? load16(row[j] + i + 16 * c) : load16(row[j] + i + 16 * c, tail), acc[j]);
+      ATTNKIT_UNROLL
+      for (int j = 0; j < 8; ++j)
+        acc[h + j] = _mm512_fmadd_ps(qv[c], c + 1 < NCH ? load16(r[j] + 16 * c) : load16(r[j] + 16 * c, tail), acc[h + j]);
+  }
 }
 }  // namespace kv_detail
 #endif
@@ -254,8 +294,6 @@ template <class Arch, class KV>
 inline void dot16(const float* q, long d, const KV* k, long ldk, int n, float* out) noexcept {
   static_assert(has_wide_kv_kernels<Arch>, "dot16 needs an AVX-512 (BW, VL) architecture");
 #if ATTNKIT_WIDE_KV_KERNELS
-  const KV* row[16];
-  for (int j = 0; j < 16; ++j) row[j] = k + (j < n ? j : n - 1) * ldk;  // spare lanes repeat a row
   __m512 acc[16];
   ATTNKIT_UNROLL
   for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
@@ -266,14 +304,14 @@ inline void dot16(const float* q, long d, const KV* k, long ldk, int n, float* o
     const int nch = static_cast<int>((left + 15) / 16);
     const __mmask16 tail = static_cast<__mmask16>(left % 16 == 0 ? 0xFFFFu : (1u << (left % 16)) - 1);
     switch (nch) {
-      case 8: kv_detail::dot16_chunks<8>(q, i, row, tail, acc); break;
-      case 7: kv_detail::dot16_chunks<7>(q, i, row, tail, acc); break;
-      case 6: kv_detail::dot16_chunks<6>(q, i, row, tail, acc); break;
-      case 5: kv_detail::dot16_chunks<5>(q, i, row, tail, acc); break;
-      case 4: kv_detail::dot16_chunks<4>(q, i, row, tail, acc); break;
-      case 3: kv_detail::dot16_chunks<3>(q, i, row, tail, acc); break;
-      case 2: kv_detail::dot16_chunks<2>(q, i, row, tail, acc); break;
-      default: kv_detail::dot16_chunks<1>(q, i, row, tail, acc); break;
+      case 8: kv_detail::dot16_chunks<8>(q, i, k, ldk, n, tail, acc); break;
+      case 7: kv_detail::dot16_chunks<7>(q, i, k, ldk, n, tail, acc); break;
+      case 6: kv_detail::dot16_chunks<6>(q, i, k, ldk, n, tail, acc); break;
+      case 5: kv_detail::dot16_chunks<5>(q, i, k, ldk, n, tail, acc); break;
+      case 4: kv_detail::dot16_chunks<4>(q, i, k, ldk, n, tail, acc); break;
+      case 3: kv_detail::dot16_chunks<3>(q, i, k, ldk, n, tail, acc); break;
+      case 2: kv_detail::dot16_chunks<2>(q, i, k, ldk, n, tail, acc); break;
+      default: kv_detail::dot16_chunks<1>(q, i, k, ldk, n, tail, acc); break;
     }
   }
   _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << n) - 1), bf16_detail::reduce16(acc));
@@ -317,9 +355,9 @@ inline void pv_rows_kv(int R, const float* p, long ps, const KV* v, long vs, lon
                        long dv) noexcept {
   static_assert(has_wide_kv_kernels<Arch>, "pv_rows_kv needs an AVX-512 (BW, VL) architecture");
 #if ATTNKIT_WIDE_KV_KERNELS
-  const long full = dv / 16;
-  for (long c = 0; c < full; c += 4) {
-    const int nv = static_cast<int>(full - c < 4 ? full - c : 4);
+  const long full = dv / 16, per_pass = R <= 2 ? 8 : 4;
+  for (long c = 0; c < full; c += per_pass) {
+    const int nv = static_cast<int>(full - c < per_pass ? full - c : per_pass);
     const KV* vc = v + c * 16;
     float* oc = o + c * 16;
     switch (R) {
@@ -337,6 +375,137 @@ inline void pv_rows_kv(int R, const float* p, long ps, const KV* v, long vs, lon
 #else
   (void)R, (void)p, (void)ps, (void)v, (void)vs, (void)keys, (void)o, (void)os, (void)dv;
 #endif
+}
+
+#if ATTNKIT_WIDE_KV_KERNELS
+namespace kv_detail {
+/// The scale of a q8 block in all 16 lanes.
+inline __m512 scale16(const block_q8<float>& b) noexcept { return _mm512_set1_ps(b.scale); }
+inline __m512 scale16(const block_q8<float16>& b) noexcept {
+  return _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(b.scale.bits)));
+}
+/// Values [16·h, 16·h + 16) of a q8 block, dequantised: float(q)·scale, exactly
+/// what dequantize_q8 stores, so the kernels below see the values a float cache
+/// holding the dequantised block would hold.
+template <class S>
+inline __m512 load16_q8(const block_q8<S>& b, int h, __m512 scale) noexcept {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + 16 * h));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)), scale);
+}
+
+/// O[R][NB·32] += Σ_j P[r][j]·V_j over NB blocks of each q8 row, in key order.
+template <int R, int NB, class S>
+inline void pv_tile_q8(const float* p, long ps, const block_q8<S>* v, long vs, long keys, float* o, long os) noexcept {
+  constexpr int NV = 2 * NB;
+  __m512 acc[R][NV];
+  ATTNKIT_UNROLL
+  for (int r = 0; r < R; ++r)
+    ATTNKIT_UNROLL
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_loadu_ps(o + r * os + c * 16);
+  for (long j = 0; j < keys; ++j) {
+    __m512 vv[NV];
+    ATTNKIT_UNROLL
+    for (int b = 0; b < NB; ++b) {
+      const block_q8<S>& blk = v[j * vs + b];
+      const __m512 sc = scale16(blk);
+      vv[2 * b] = load16_q8(blk, 0, sc);
+      vv[2 * b + 1] = load16_q8(blk, 1, sc);
+    }
+    ATTNKIT_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r * ps + j]);
+      ATTNKIT_UNROLL
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(pr, vv[c], acc[r][c]);
+    }
+  }
+  ATTNKIT_UNROLL
+  for (int r = 0; r < R; ++r)
+    ATTNKIT_UNROLL
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(o + r * os + c * 16, acc[r][c]);
+}
+
+template <int R, class S>
+inline void pv_row_block_q8(int nb, const float* p, long ps, const block_q8<S>* v, long vs, long keys, float* o,
+                            long os) noexcept {
+  if (nb >= 2)
+    pv_tile_q8<R, 2>(p, ps, v, vs, keys, o, os);
+  else
+    pv_tile_q8<R, 1>(p, ps, v, vs, keys, o, os);
+}
+}  // namespace kv_detail
+#endif
+
+/// out[j] = Σ_i q[i]·x_j[i] for j < n (1 <= n <= 16), x_j the dequantised values
+/// of the q8 row k + j·ldk (ldk in blocks), d = 32·(blocks per row). Summed in
+/// dot16's order, so a q8 cache gives bitwise the logits of a float cache holding
+/// its dequantised values. Requires has_wide_kv_kernels<Arch>.
+template <class Arch, class S>
+inline void dot16_q8(const float* q, long d, const block_q8<S>* k, long ldk, int n, float* out) noexcept {
+  static_assert(has_wide_kv_kernels<Arch>, "dot16_q8 needs an AVX-512 (BW, VL) architecture");
+#if ATTNKIT_WIDE_KV_KERNELS
+  const block_q8<S>* row[16];
+  for (int j = 0; j < 16; ++j) row[j] = k + (j < n ? j : n - 1) * ldk;  // spare lanes repeat a row
+  __m512 acc[16];
+  ATTNKIT_UNROLL
+  for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+  for (long b = 0; b < d / 32; ++b) {
+    const __m512 q0 = _mm512_loadu_ps(q + 32 * b), q1 = _mm512_loadu_ps(q + 32 * b + 16);
+    ATTNKIT_UNROLL
+    for (int j = 0; j < 16; ++j) {
+      const block_q8<S>& blk = row[j][b];
+      const __m512 sc = kv_detail::scale16(blk);
+      acc[j] = _mm512_fmadd_ps(q0, kv_detail::load16_q8(blk, 0, sc), acc[j]);
+      acc[j] = _mm512_fmadd_ps(q1, kv_detail::load16_q8(blk, 1, sc), acc[j]);
+    }
+  }
+  _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << n) - 1), bf16_detail::reduce16(acc));
+#else
+  (void)q, (void)d, (void)k, (void)ldk, (void)n, (void)out;
+#endif
+}
+
+/// O[R][0..dv) += P[R][keys]·V[keys][0..dv) for R <= 6 rows, V as q8 rows (row
+/// stride vs in blocks, dv = 32·blocks), dequantised in registers; one fma per key
+/// and column in key order, as pv_rows_kv. Requires has_wide_kv_kernels<Arch>.
+template <class Arch, class S>
+inline void pv_rows_q8(int R, const float* p, long ps, const block_q8<S>* v, long vs, long keys, float* o, long os,
+                       long dv) noexcept {
+  static_assert(has_wide_kv_kernels<Arch>, "pv_rows_q8 needs an AVX-512 (BW, VL) architecture");
+#if ATTNKIT_WIDE_KV_KERNELS
+  const long blocks = dv / 32;
+  for (long b = 0; b < blocks; b += 2) {
+    const int nb = static_cast<int>(blocks - b < 2 ? blocks - b : 2);
+    const block_q8<S>* vb = v + b;
+    float* ob = o + b * 32;
+    switch (R) {
+      case 6: kv_detail::pv_row_block_q8<6>(nb, p, ps, vb, vs, keys, ob, os); break;
+      case 5: kv_detail::pv_row_block_q8<5>(nb, p, ps, vb, vs, keys, ob, os); break;
+      case 4: kv_detail::pv_row_block_q8<4>(nb, p, ps, vb, vs, keys, ob, os); break;
+      case 3: kv_detail::pv_row_block_q8<3>(nb, p, ps, vb, vs, keys, ob, os); break;
+      case 2: kv_detail::pv_row_block_q8<2>(nb, p, ps, vb, vs, keys, ob, os); break;
+      default: kv_detail::pv_row_block_q8<1>(nb, p, ps, vb, vs, keys, ob, os); break;
+    }
+  }
+#else
+  (void)R, (void)p, (void)ps, (void)v, (void)vs, (void)keys, (void)o, (void)os, (void)dv;
+#endif
+}
+
+/// x[0, d) = the values of the q8 row `row` (d = 32·blocks): dequantize_q8's bits,
+/// 16 values per instruction where `Arch` has the wide kernels.
+template <class Arch, class S>
+inline void dequantize_row(const block_q8<S>* row, long d, float* x) noexcept {
+#if ATTNKIT_WIDE_KV_KERNELS
+  if constexpr (has_wide_kv_kernels<Arch>) {
+    for (long b = 0; b < d / 32; ++b) {
+      const __m512 sc = kv_detail::scale16(row[b]);
+      _mm512_storeu_ps(x + 32 * b, kv_detail::load16_q8(row[b], 0, sc));
+      _mm512_storeu_ps(x + 32 * b + 16, kv_detail::load16_q8(row[b], 1, sc));
+    }
+    return;
+  }
+#endif
+  dequantize_q8(row, d, x);
 }
 
 }  // namespace attnkit::simd
