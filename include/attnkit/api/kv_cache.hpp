@@ -30,7 +30,7 @@
 #include "../kernel/kv_cache/append.hpp"
 #include "../kernel/kv_cache/types.hpp"
 #include "../kernel/kv_cache/validate.hpp"
-#include "../kernel/linear_recurrent.hpp"
+#include "../kernel/kernelized/recurrent.hpp"
 #include "../kernel/prefill/schedule.hpp"
 #include "../observe/observer.hpp"
 #include "../policy/sigmoid.hpp"
@@ -70,12 +70,12 @@ void kv_cache_impl(const P& pol, const tensor_view<const float>& q, const Cache&
   const kv_call_facts f = validate_kv_call(q, kc, vc, out, o);
   check_weight_options<P>(o.attention);
   const index_t wlen = o.weight_key_length > 0 ? o.weight_key_length : f.capacity;
-  if constexpr (std::is_same_v<P, sigmoid>)
-    if (!pol.bias && o.weight_key_length == 0)
-      fail("kv_cache_options.weight_key_length", "",
-           "> 0 or an explicit sigmoid.bias: sigmoid's default bias -ln(Lk) needs one Lk for the whole sequence, "
-           "stated once, so that prefill and token-by-token decoding give the same rows",
-           0);
+  if (weight_uses_key_length(pol) && o.weight_key_length == 0)
+    fail("kv_cache_options.weight_key_length", "",
+         "> 0 or a weight function that does not read the key length (e.g. an explicit sigmoid.bias): "
+         "sigmoid's default bias -ln(Lk) needs one Lk for the whole sequence, stated once, so that prefill and "
+         "token-by-token decoding give the same rows",
+         0);
   const problem_shape& sh = f.shape;
   workspace_lease lease(o.attention.workspace);
   workspace& ws = lease.get();
@@ -107,28 +107,21 @@ void kv_cache_impl(const P& pol, const tensor_view<const float>& q, const Cache&
   constexpr bool dense = !is_paged_cache_v<Cache>;
   const auto ks = rows_of(kc, o, f.max_pages);
   const auto vs = rows_of(vc, o, f.max_pages);
-  if constexpr (std::is_same_v<P, sigmoid>) {
-    // One explicit bias for both paths (the prefill skeleton resolves per batch).
-    const sigmoid fixed{pol.bias ? pol.bias : std::optional<float>(static_cast<float>(-std::log(static_cast<double>(wlen))))};
+  // Many rows on a dense float / 16-bit cache: attention()'s prefill skeleton. A
+  // weight function with per-call parameters resolves them with the sequence's one
+  // stated length on both paths (the prefill skeleton would resolve per batch).
+  const auto run = [&](const auto& weights) {
     if constexpr (dense && !is_q8_v<T>)
       if (sh.q_len * sh.group() > decode_max_rows) {
-        run_quadratic<Arch>(fixed, sh, qe, ks.view, vs.view, out, a, obs, ws);
-        if constexpr (Observer::enabled) obs.end();
+        run_quadratic<Arch>(weights, sh, qe, ks.view, vs.view, out, a, obs, ws);
         return;
       }
-    run_decode_rows<Arch>(fixed, sh, qe, ks, vs, out, a, obs, ws, wlen);
-  } else {
-    // Many rows on a dense float / 16-bit cache: attention()'s prefill skeleton, unless
-    // the weight function's parameters depend on the key length (resolved per batch
-    // there, once per sequence here).
-    if constexpr (dense && !is_q8_v<T> && !has_call_parameters<P>)
-      if (sh.q_len * sh.group() > decode_max_rows) {
-        run_quadratic<Arch>(pol, sh, qe, ks.view, vs.view, out, a, obs, ws);
-        if constexpr (Observer::enabled) obs.end();
-        return;
-      }
-    run_decode_rows<Arch>(pol, sh, qe, ks, vs, out, a, obs, ws, wlen);
-  }
+    run_decode_rows<Arch>(weights, sh, qe, ks, vs, out, a, obs, ws, wlen);
+  };
+  if constexpr (has_call_parameters<P>)
+    run(with_key_length<P>(pol, wlen));
+  else
+    run(pol);
   if constexpr (Observer::enabled) obs.end();
 }
 

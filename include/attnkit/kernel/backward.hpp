@@ -83,6 +83,31 @@ constexpr bool check_backward_weight() {
   return true;
 }
 
+/// How the backward recomputes a data-dependent pattern's selection, as the
+/// forward's `selection<P>` makes it (then a constant): run(keys, forward_keys).
+template <class P>
+struct backward_selection;
+
+template <>
+struct backward_selection<pattern::top_k> {
+  template <class Arch, class Run>
+  static void run(const pattern::top_k& pat, const problem_shape& sh, const tensor_view<const float>&, const auto&,
+                  const options&, workspace& ws, Run&& run_with) {
+    const top_k_keys<Arch> fwd{{}, pat.k, sh.k_len};
+    run_with(bwd_top_k_keys{{}, ws.shared().get<bwd_rows>(), sh.k_len, sh.q_heads, sh.q_len}, &fwd);
+  }
+};
+
+template <>
+struct backward_selection<pattern::flex_prefill> {
+  template <class Arch, class Run>
+  static void run(const pattern::flex_prefill& pat, const problem_shape& sh, const tensor_view<const float>& q,
+                  const auto& k, const options& opt, workspace&, Run&& run_with) {
+    const top_k_keys<Arch>* none = nullptr;
+    run_with(select_blocks(pat, sh, q, k, opt, resolve_num_threads(opt.num_threads)), none);
+  }
+};
+
 /// The sparse family: top_k and flex_prefill with their selections recomputed as
 /// the forward makes them (then constants); a static pattern in rank space when it
 /// reorders this call's tokens (as the forward's run_sparse decides), else in
@@ -97,11 +122,11 @@ void sparse_backward(const sparse<P, Inner>& pol, const problem_shape& sh, const
     run_quadratic_backward<Arch>(pol.inner, sh, q, k, v, out, lse, dout, dq, dk, dv, opt, bo, ws, keys, fwd);
   };
   const top_k_keys<Arch>* none = nullptr;
-  if constexpr (std::is_same_v<P, pattern::top_k>) {
-    const top_k_keys<Arch> fwd{{}, pol.pattern.k, sh.k_len};
-    run(bwd_top_k_keys{{}, ws.shared().get<bwd_rows>(), sh.k_len, sh.q_heads, sh.q_len}, &fwd);
-  } else if constexpr (std::is_same_v<P, pattern::flex_prefill>) {
-    run(select_blocks(pol.pattern, sh, q, k, opt, resolve_num_threads(opt.num_threads)), none);
+  if constexpr (pattern::dynamic_pattern<P>) {
+    static_assert(requires { backward_selection<P>{}; },
+                  "attnkit::attention_backward: no backward for this data-dependent pattern "
+                  "(specialise attnkit::detail::backward_selection)");
+    backward_selection<P>::template run<Arch>(pol.pattern, sh, q, k, opt, ws, run);
   } else {
     static_assert(pattern::static_pattern<P>, "attnkit::attention_backward: no backward for this data-dependent pattern");
     using hooks = pattern_hooks<P>;
@@ -141,7 +166,8 @@ void attention_backward_impl(const P& pol, const tensor_view<const float>& q, co
     workspace_lease lease(opt.workspace);
     sparse_backward<Arch>(pol, sh, q, k, v, out, lse, dout, dq, dk, dv, opt, bo, lease.get());
   } else if constexpr (std::is_same_v<F, family::permutation>) {
-    static_assert(std::is_same_v<P, stochastic_permutation>, "attnkit: unknown permutation-family policy");
+    static_assert(std::is_convertible_v<const P&, const stochastic_permutation&>,
+                  "attnkit: the permutation family has one skeleton, for stochastic_permutation");
     reject_positions(opt, "stochastic permutation attention");
     check_permutation_arguments(pol, sh);
     workspace_lease lease(opt.workspace);

@@ -32,6 +32,9 @@ struct sigmoid {
     return w * (V(1) - w);
   }
 
+  /// The default bias reads the key length (policy/weight.hpp, weight_uses_key_length).
+  bool uses_key_length() const noexcept { return !bias; }
+
   /// The bias used for a row whose key sequence has length `lk`.
   double resolved_bias(std::int64_t lk) const noexcept {
     if (bias) return *bias;

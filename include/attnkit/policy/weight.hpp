@@ -40,6 +40,7 @@ ATTNKIT_DETAIL_MEMBER_DETECTOR(resolve)
 ATTNKIT_DETAIL_MEMBER_DETECTOR(weight)
 ATTNKIT_DETAIL_MEMBER_DETECTOR(derivative)
 ATTNKIT_DETAIL_MEMBER_DETECTOR(exp)
+ATTNKIT_DETAIL_MEMBER_DETECTOR(uses_key_length)
 
 namespace attnkit {
 
@@ -94,6 +95,31 @@ auto resolve_weight(const P& p, const weight_context& c) {
 }
 template <class P>
 using weight_params_t = decltype(resolve_weight(std::declval<const P&>(), std::declval<const weight_context&>()));
+
+/// Whether this call's parameters of p depend on weight_context.key_length — the
+/// optional hook `bool uses_key_length() const` (sigmoid's default bias −ln Lk
+/// does); false without it.
+template <class P>
+bool weight_uses_key_length(const P& p) {
+  if constexpr (has_member_uses_key_length<P>)
+    return p.uses_key_length();
+  else
+    return false;
+}
+
+/// P whose parameters are resolved with one stated key length for every batch and
+/// call shape (the KV-cache entry states it once per sequence, so prefill and
+/// token-by-token decoding resolve alike).
+template <class P>
+struct with_key_length : P {
+  index_t key_length = 0;
+  with_key_length(const P& p, index_t length) : P(p), key_length(length) {}
+  auto resolve(const weight_context& c) const {
+    weight_context stated = c;
+    stated.key_length = key_length;
+    return resolve_weight(static_cast<const P&>(*this), stated);
+  }
+};
 
 /// weight(s [, params]) of P on lane type V.
 template <class P, class V>

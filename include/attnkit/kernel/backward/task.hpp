@@ -18,6 +18,7 @@
 #include "../dropout_bits.hpp"
 #include "gemm.hpp"
 #include "tile.hpp"
+#include "../../simd/widen.hpp"
 
 namespace attnkit::detail {
 

@@ -15,6 +15,7 @@
 #include "../../core/dtype.hpp"
 #include "../../core/quant.hpp"
 #include "../../core/tensor_view.hpp"
+#include "../../simd/widen.hpp"
 
 namespace attnkit::detail {
 

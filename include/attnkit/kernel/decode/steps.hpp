@@ -22,6 +22,7 @@
 #include "../prefill/logits.hpp"
 #include "../weights.hpp"
 #include "rows.hpp"
+#include "../../simd/widen.hpp"
 
 namespace attnkit::detail {
 
