@@ -301,6 +301,11 @@ void bad_input_cases() {
     o.key_lengths = lens;
     call(out, o, D, D, {});
   });
+  expect_same_error("dropout (not supported)", "options.dropout", [&](std::vector<float>& out) {
+    options o;
+    if (g_rank == last) o.dropout = {.p = 0.1f, .seed = 3};
+    call(out, o, D, D, {});
+  });
   expect_same_error("positions set by the caller", "options.positions", [&](std::vector<float>& out) {
     options o;
     if (g_rank == last) o.positions = positions{1, 0};

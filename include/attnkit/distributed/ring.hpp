@@ -163,9 +163,9 @@ inline bool block_elements(index_t B, index_t H, index_t n, index_t D, index_t D
 }
 
 /// Mask / bias of a ring call: [B|1, Hq|1, nq|1, total keys], columns in global key order.
-template <class T>
+template <class T, class O>
 void check_ring_broadcast(const char* name, const tensor_view<T>& m, const problem_shape& s,
-                          const tensor_view<float>& out) {
+                          const tensor_view<O>& out) {
   if (m.data == nullptr) return;
   check_view_basics(name, m);
   const index_t want[3] = {s.batch, s.q_heads, s.q_len};
@@ -178,10 +178,11 @@ void check_ring_broadcast(const char* name, const tensor_view<T>& m, const probl
 
 /// This rank's record: its shapes and options, and whether its own arguments pass
 /// every check that needs no other rank.
-template <class KV>
+/// `extra()` runs the caller's own checks (the backward's) after the common ones.
+template <class KV, class O, class Extra>
 rank_record local_record(const softmax& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                         const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt,
-                         const ring_options& ring) {
+                         const tensor_view<const KV>& v, const tensor_view<O>& out, const options& opt,
+                         const ring_options& ring, Extra&& extra) {
   rank_record rec;
   auto& f = rec.f;
   f[f_nq] = q.seq();
@@ -211,6 +212,10 @@ rank_record local_record(const softmax& pol, const tensor_view<const float>& q, 
     if (!opt.key_lengths.empty())
       fail("options.key_lengths", "", "empty (ring_attention: mask padded keys with options.mask)", opt.key_lengths.size());
     if (opt.positions) fail("options.positions", "", "unset (ring_attention sets it for every block pair)", "positions");
+    // Dropout draws its mask from a call's local (row, key) indices: every block pair
+    // would reuse the same draws. Refused until the mask can take global positions.
+    if (opt.dropout.active())
+      fail("options.dropout", "p", "0 (ring attention does not support dropout)", opt.dropout.p);
     if (ring.layout != layout::contiguous && ring.layout != layout::zigzag)
       fail("ring_options.layout", "", "contiguous or zigzag", static_cast<int>(ring.layout));
     if (ring.tag < 0 || ring.tag > 32767) fail("ring_options.tag", "", "in [0, 32767] (MPI_TAG_UB is at least 32767)", ring.tag);
@@ -223,6 +228,7 @@ rank_record local_record(const softmax& pol, const tensor_view<const float>& q, 
     index_t elems = 0;
     if (!block_elements(s.batch, s.kv_heads, s.k_len, s.head_dim, s.value_dim, sizeof(KV), elems))
       fail("k", "size of the packed K/V block", "to fit in memory", "an overflowing size");
+    extra();
     rec.f[f_valid] = 1;
   } catch (const invalid_argument_error& e) {
     copy_text(rec.argument, sizeof rec.argument, e.argument());
@@ -236,9 +242,9 @@ rank_record local_record(const softmax& pol, const tensor_view<const float>& q, 
 
 /// Evaluates the gathered records identically on every rank: throws the same
 /// invalid_argument_error everywhere, or returns the plan.
-inline ring_plan global_check(const std::vector<rank_record>& recs) {
+inline ring_plan global_check(const std::vector<rank_record>& recs, const char* function = "ring_attention") {
   const int P = static_cast<int>(recs.size());
-  const std::string who = "attnkit: ring_attention: ";
+  const std::string who = std::string("attnkit: ") + function + ": ";
   for (int r = 0; r < P; ++r)
     if (recs[static_cast<std::size_t>(r)].f[f_valid] != 1)
       throw invalid_argument_error(recs[static_cast<std::size_t>(r)].argument,
@@ -294,6 +300,33 @@ inline ring_plan global_check(const std::vector<rank_record>& recs) {
   return ring_plan::make(lay, nq, nk, c);
 }
 
+/// This rank's place in `comm` (size, rank), after checking MPI can be used.
+struct ring_place {
+  int size = 0, rank = 0;
+};
+inline ring_place ring_position(MPI_Comm comm) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) fail("comm", "MPI state", "MPI initialised and not finalised", "not usable");
+  if (comm == MPI_COMM_NULL) fail("comm", "", "a communicator", "MPI_COMM_NULL");
+  int inter = 0;
+  MPI_Comm_test_inter(comm, &inter);
+  if (inter) fail("comm", "", "an intra-communicator", "an inter-communicator");
+  ring_place p;
+  MPI_Comm_size(comm, &p.size);
+  MPI_Comm_rank(comm, &p.rank);
+  return p;
+}
+
+/// Every rank's record, in rank order (one MPI_Allgather).
+inline std::vector<rank_record> gather_records(const rank_record& mine, int P, MPI_Comm comm) {
+  std::vector<rank_record> recs(static_cast<std::size_t>(P));
+  constexpr int rec_bytes = static_cast<int>(sizeof(rank_record));
+  MPI_Allgather(&mine, rec_bytes, MPI_BYTE, recs.data(), rec_bytes, MPI_BYTE, comm);
+  return recs;
+}
+
 /// Posts the non-blocking transfer of `bytes` in pieces of at most 1 GiB (MPI counts are int).
 inline void post(bool send, void* p, std::int64_t bytes, int peer, int tag, MPI_Comm comm,
                  std::vector<MPI_Request>& reqs) {
@@ -324,22 +357,10 @@ void ring_attention_impl(const softmax& pol, const tensor_view<const float>& q, 
                          const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt,
                          MPI_Comm comm, const ring_options& ring) {
   const double t0 = MPI_Wtime();
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (!initialized || finalized) fail("comm", "MPI state", "MPI initialised and not finalised", "not usable");
-  if (comm == MPI_COMM_NULL) fail("comm", "", "a communicator", "MPI_COMM_NULL");
-  int inter = 0, P = 0, me = 0;
-  MPI_Comm_test_inter(comm, &inter);
-  if (inter) fail("comm", "", "an intra-communicator", "an inter-communicator");
-  MPI_Comm_size(comm, &P);
-  MPI_Comm_rank(comm, &me);
-
+  const ring_place place = ring_position(comm);
+  const int P = place.size, me = place.rank;
   // One collective check before any send: every rank learns every rank's record.
-  const rank_record mine = local_record(pol, q, k, v, out, opt, ring);
-  std::vector<rank_record> recs(static_cast<std::size_t>(P));
-  constexpr int rec_bytes = static_cast<int>(sizeof(rank_record));
-  MPI_Allgather(&mine, rec_bytes, MPI_BYTE, recs.data(), rec_bytes, MPI_BYTE, comm);
+  const auto recs = gather_records(local_record(pol, q, k, v, out, opt, ring, [] {}), P, comm);
   const ring_plan plan = global_check(recs);
 
   // Buffers; a rank that cannot allocate stops every rank (no one blocks in a receive).
@@ -452,3 +473,6 @@ void ring_attention(const softmax&, tensor_view<Q>, tensor_view<K>, tensor_view<
 }
 
 }  // namespace attnkit::distributed
+
+// The backward pass over the same ring (its header includes this one first).
+#include "ring_backward.hpp"
