@@ -2,7 +2,7 @@
 # Build the benchmarks (Release, -march=native), run them, and write a report:
 # report.md (GFLOP/s and % of the FMA peak, decode GB/s vs the triad bandwidth, ratios
 # against the targets), throughput.png, throughput_variants.png and the raw JSON;
-# ring attention across 1/2/4 MPI ranks goes to ring_mpi.txt.
+# ring attention across 1/2/4 MPI ranks (forward and backward) goes to ring_mpi.txt.
 #
 #   scripts/bench.sh [--quick] [--filter REGEX] [--build-dir DIR] [--out DIR]
 #
@@ -115,10 +115,12 @@ if [[ -x "$build_dir/bench/ring_mpi" && ( -z "$filter" || "ring" =~ $filter ) ]]
   for np in 1 2 4; do
     for layout in contiguous zigzag; do
       [[ $np -eq 1 && $layout == zigzag ]] && continue  # one rank: the layouts coincide
-      echo "== run ring_mpi ($np ranks, $layout)"
-      OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-        mpiexec -np "$np" --oversubscribe --bind-to none "$build_dir/bench/ring_mpi" --layout "$layout" \
-        "${ring_args[@]}" </dev/null | tee -a "$out/ring_mpi.txt"
+      for pass in "" --backward; do
+        echo "== run ring_mpi ($np ranks, $layout${pass:+, backward})"
+        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+          mpiexec -np "$np" --oversubscribe --bind-to none "$build_dir/bench/ring_mpi" --layout "$layout" \
+          "${ring_args[@]}" $pass </dev/null | tee -a "$out/ring_mpi.txt"
+      done
     done
   done
 fi

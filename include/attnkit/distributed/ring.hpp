@@ -4,7 +4,8 @@
 /// a block of one sequence's Q, K and V (batch and heads complete on every rank);
 /// the K/V blocks travel around the ring while every rank attends its queries to the
 /// block in hand, and the partial results are merged by LSE in a fixed order.
-/// The only attnkit header that includes <mpi.h>; not part of attnkit/attnkit.hpp.
+/// With ring_backward.hpp (the gradients, included at the end), the only attnkit
+/// headers that include <mpi.h>; not part of attnkit/attnkit.hpp.
 /// CMake: link attnkit::mpi. Semantics, layouts and the scaling model:
 /// docs/distributed.md.
 ///

@@ -13,6 +13,7 @@
 #include "ring.hpp"
 
 #include "../kernel/backward.hpp"
+#include "../parallel/workspace.hpp"
 
 namespace attnkit::distributed {
 namespace detail {
@@ -50,6 +51,18 @@ struct grad_block {
   tensor_view<float> dk() const noexcept { return bhsd(data, B, H, n, D); }
   tensor_view<float> dv() const noexcept { return bhsd(data + B * H * n * D, B, H, n, Dv); }
   index_t floats() const noexcept { return B * H * n * (D + Dv); }
+};
+
+/// A ring backward's buffers: the K/V blocks in hand and in flight, the gradient
+/// accumulators of those blocks, and this rank's part of the block in hand.
+template <class KV>
+struct ring_grad_buffers {
+  std::vector<KV> kv[2];
+  std::vector<float> grads[2], part;
+  std::size_t bytes() const noexcept {
+    return (kv[0].capacity() + kv[1].capacity()) * sizeof(KV) +
+           (grads[0].capacity() + grads[1].capacity() + part.capacity()) * sizeof(float);
+  }
 };
 
 /// The rows of `lse` ([B, H, local rows]) that belong to query run `c`, as the
@@ -132,16 +145,25 @@ void ring_backward_impl(const softmax& pol, const tensor_view<const float>& q, c
     block_elements(B, Hkv, rows_of(r), D, Dv, sizeof(float), e);  // checked by rank r
     max_elems = std::max(max_elems, e);
   }
-  std::vector<KV> kv[2];
-  std::vector<float> grads[2], part;
+  // The buffers live in a workspace leased from the pool (not options.workspace,
+  // which the local calls lease), so repeated calls reuse them: first-touch page
+  // faults of ~5 block-sized buffers would otherwise cost a large part of a call.
+  workspace_lease lease(nullptr);
+  auto& buffers = lease.get().shared().get<ring_grad_buffers<KV>>();
+  auto& kv = buffers.kv;
+  auto& grads = buffers.grads;
+  auto& part = buffers.part;
   std::vector<std::vector<float>> lse_runs;
   int ok = 1, all_ok = 0;
   try {
+    const auto grow = [&](auto& buf) {
+      if (buf.size() < static_cast<std::size_t>(max_elems)) buf.resize(static_cast<std::size_t>(max_elems));
+    };
     for (int i = 0; i < (P > 1 ? 2 : 1); ++i) {
-      kv[i].resize(static_cast<std::size_t>(max_elems));
-      grads[i].resize(static_cast<std::size_t>(max_elems));
+      grow(kv[i]);
+      grow(grads[i]);
     }
-    part.resize(static_cast<std::size_t>(max_elems));
+    if (P > 1) grow(part);
     for (const chunk& c : plan.q[static_cast<std::size_t>(me)]) lse_runs.push_back(run_lse(lse, B, Hq, q.seq(), c));
   } catch (const std::bad_alloc&) {
     ok = 0;
