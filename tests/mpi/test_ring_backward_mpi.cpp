@@ -3,7 +3,7 @@
 // gradients with attention() + attention_backward() in one process, then takes its
 // rows under the layout, runs ring_attention + ring_attention_backward and compares
 // its rows of dq and its keys of dk, dv. Covered: both layouts, causal both
-// alignments, window, ALiBi, softcap, sinks, NaN/zero masked rows, GQA, uneven
+// alignments, window, ALiBi, softcap, sinks, NaN/zero masked rows, a NaN key, GQA, uneven
 // blocks with empty ranks, decode-sized query blocks, bf16 K/V, a mask in global key
 // order, accumulate, bitwise determinism (threads, timing), and bad input on one
 // rank (every rank throws the same error, no gradient byte written).
@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <thread>
 #include <utility>
@@ -206,6 +207,16 @@ void correctness_cases() {
   run_case({"zig-zag, N < 2P (empty chunks)", problem(1, 2, 1, 3, 5, 16, 16, 66), c, layout::zigzag});
 }
 
+void nan_case() {
+  // A NaN in one key row: the rows that see it, and the keys those rows see, get NaN
+  // gradients exactly where the single call gives them.
+  problem p(1, 2, 1, 40, 40, 16, 16, 68);
+  for (index_t d = 0; d < p.D; ++d) p.k[static_cast<std::size_t>(25 * p.D + d)] = std::numeric_limits<float>::quiet_NaN();
+  options o;
+  o.causal = causal::top_left;
+  for (layout l : {layout::contiguous, layout::zigzag}) run_case({"NaN key row", p, o, l});
+}
+
 void determinism_case() {
   const problem p(1, 4, 2, 120, 120, 32, 32, 67);
   const auto dout = attnkit_test::randn(p.out_size(), 992, 1.0f);
@@ -266,6 +277,7 @@ int main(int argc, char** argv) {
     bad_input_case("dsinks requested on the last rank", "backward_options.dsinks", true, false);
     bad_input_case("dq has the wrong dim on the last rank", "dq", false, true);
     correctness_cases();  // after the bad calls: the ring still works
+    nan_case();
     determinism_case();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "[rank %d] unexpected exception: %s\n", g_rank, e.what());
