@@ -36,6 +36,7 @@
 #include "../core/dtype.hpp"
 #include "../core/dtype_rules.hpp"
 #include "../core/validate.hpp"
+#include "../parallel/workspace.hpp"
 #include "ring_plan.hpp"
 
 namespace attnkit::distributed {
@@ -328,6 +329,16 @@ inline std::vector<rank_record> gather_records(const rank_record& mine, int P, M
   return recs;
 }
 
+/// A ring forward's buffers: the K/V blocks in hand and in flight, the accumulator.
+template <class KV>
+struct ring_buffers {
+  std::vector<KV> kv[2];
+  std::vector<float> acc;
+  std::size_t bytes() const noexcept {
+    return (kv[0].capacity() + kv[1].capacity()) * sizeof(KV) + acc.capacity() * sizeof(float);
+  }
+};
+
 /// Posts the non-blocking transfer of `bytes` in pieces of at most 1 GiB (MPI counts are int).
 inline void post(bool send, void* p, std::int64_t bytes, int peer, int tag, MPI_Comm comm,
                  std::vector<MPI_Request>& reqs) {
@@ -372,10 +383,13 @@ void ring_attention_impl(const softmax& pol, const tensor_view<const float>& q, 
     block_elements(B, Hkv, recs[static_cast<std::size_t>(r)].f[f_nk], D, Dv, sizeof(KV), e);  // checked by rank r
     max_elems = std::max(max_elems, e);
   }
-  // Reused from call to call on this thread (grown, never shrunk): first-touch page
-  // faults of fresh buffers would otherwise cost as much as a small call.
-  thread_local std::vector<KV> buf[2];
-  thread_local std::vector<float> acc_storage;
+  // In a workspace leased from the pool (not options.workspace, which the local calls
+  // lease), so they are reused from call to call (grown, never shrunk): first-touch
+  // page faults of fresh buffers would otherwise cost as much as a small call.
+  workspace_lease lease(nullptr);
+  auto& buffers = lease.get().shared().get<ring_buffers<KV>>();
+  auto& buf = buffers.kv;
+  auto& acc_storage = buffers.acc;
   std::optional<ring_accumulator> acc;
   int ok = 1, all_ok = 0;
   try {
