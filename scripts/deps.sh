@@ -46,5 +46,16 @@ ATTNKIT_BUILD_PACKAGES=(cmake g++ make libeigen3-dev libxsimd-dev catch2 libbenc
 # Sanitizer and fuzzing builds: Clang and its runtime libraries (ASan, UBSan, libFuzzer).
 ATTNKIT_CLANG_PACKAGES=(clang libclang-rt-14-dev)
 
+# The UndefinedBehaviorSanitizer checks of the sanitizer and fuzz builds (with ASan):
+# everything in -fsanitize=undefined that concerns values — integer overflow (the
+# extents, windows and strides users pass), shifts, division, float-to-int casts,
+# array bounds, bool/enum loads, unreachable code, missing returns. Left out:
+# `alignment` (the SIMD code loads unaligned by design), `null` and `object-size`
+# (ASan reports those accesses itself), `pointer-overflow` (offsets are formed in
+# checked int64 arithmetic, which signed-integer-overflow watches, before any pointer
+# is), and `vptr`/`function`. Those four instrument every memory access and doubled
+# the instrumented compile time (test_backward_weights: 118 s with them, 51 s without, clang 14).
+ATTNKIT_UBSAN_CHECKS="signed-integer-overflow,shift,integer-divide-by-zero,float-cast-overflow,bounds,return,unreachable,vla-bound,bool,enum,builtin,nonnull-attribute,returns-nonnull-attribute"
+
 # MPI (Open MPI): attnkit/distributed/ring.hpp, its tests (mpiexec -np 2 / 4) and example.
 ATTNKIT_MPI_PACKAGES=(libopenmpi-dev openmpi-bin)

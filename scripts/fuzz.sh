@@ -37,12 +37,18 @@ source "$root/scripts/deps.sh"
 ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" "${ATTNKIT_CLANG_PACKAGES[@]}"
 
 echo "== configure ($build_dir)"
-cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -g" \
+cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O1" \
       -DCMAKE_CXX_COMPILER=clang++ -DATTNKIT_BUILD_TESTS=ON -DATTNKIT_BUILD_FUZZER=ON \
+      "-DATTNKIT_FUZZ_UBSAN=$ATTNKIT_UBSAN_CHECKS" \
       -DATTNKIT_BUILD_BENCH=OFF -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_TEST_ARCHS=best </dev/null >/dev/null
 echo "== build fuzz_attention"
 cmake --build "$build_dir" --target fuzz_attention -j "$(nproc 2>/dev/null || echo 2)" </dev/null
 mkdir -p "$build_dir/corpus"
+# Past findings seed the corpus: libFuzzer runs every corpus input first, so this ASan
+# + UBSan build replays them (the sanitizer test stage leaves fuzz_replay to us).
+for f in "$root"/tests/fuzz/regressions/*; do
+  [[ "$f" == *.md ]] || cp -f "$f" "$build_dir/corpus/regression-$(basename "$f")"
+done
 echo "== fuzz for ${seconds}s ($jobs job(s))"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

@@ -10,7 +10,10 @@
 #                     only (ATTNKIT_TEST_ARCHS=best); the examples, the
 #                     packaging/docs checks, the tests that run no kernel code
 #                     (the float64 oracle's own) and the peak-RSS test (meaningless
-#                     under ASan) are left to the plain build, to stay in CI's budget
+#                     under ASan) are left to the plain build, and fuzz_replay to
+#                     scripts/fuzz.sh (whose ASan build replays the same regression
+#                     inputs before fuzzing), to stay in CI's budget. UBSan checks:
+#                     ATTNKIT_UBSAN_CHECKS in scripts/deps.sh
 #   --tsan            ThreadSanitizer (Clang) over the thread-pool and concurrency tests
 #                     only: test_lifecycle (without its fork() cases, which TSan does
 #                     not support) and the lifecycle_exit program (default build-tsan)
@@ -85,11 +88,11 @@ if [[ $sanitize -eq 1 ]]; then
   # Clang: it compiles the instrumented tests about 4x faster than GCC 12 here.
   # -gline-tables-only instead of -g: reports keep file:line, and the instrumented
   # tests compile in about two thirds of the time (the tests build at -O2 either way).
-  san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -gline-tables-only"
+  san="-fsanitize=address,$ATTNKIT_UBSAN_CHECKS -fno-sanitize-recover=$ATTNKIT_UBSAN_CHECKS -fno-omit-frame-pointer -gline-tables-only"
   args+=(-DCMAKE_CXX_COMPILER=clang++ "-DCMAKE_CXX_FLAGS=$san" "-DCMAKE_EXE_LINKER_FLAGS=$san"
          "-DCMAKE_CXX_FLAGS_RELEASE=-O1" -DATTNKIT_BUILD_BENCH=OFF -DATTNKIT_TEST_ARCHS=best
          -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_TEST_EXTRAS=OFF
-         "-DATTNKIT_TEST_EXCLUDE=^test_(reference_.*|observe_report|version|ring_plan|interop_eigen|backward_memory)$")
+         "-DATTNKIT_TEST_EXCLUDE=^(test_(reference_.*|observe_report|version|ring_plan|interop_eigen|backward_memory)|fuzz_replay)$")
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 else
