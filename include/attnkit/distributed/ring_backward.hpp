@@ -216,8 +216,9 @@ void ring_backward_impl(const softmax& pol, const tensor_view<const float>& q, c
     const double c3 = MPI_Wtime();
     wait_all(grad_sends);  // grads[1 - cur] is free again
     if (P > 1) {  // on to the next rank; at the last step this is the hop home
-      post(true, grads[cur].data(), grad_of(grads[cur], src).floats() * static_cast<index_t>(sizeof(float)), left,
-           grad_tag, comm, grad_sends);
+      const index_t grad_bytes = grad_of(grads[cur], src).floats() * static_cast<index_t>(sizeof(float));
+      post(true, grads[cur].data(), grad_bytes, left, grad_tag, comm, grad_sends);
+      st.bytes_sent += grad_bytes;
       const int next = (src + 1) % P;
       post(false, grads[1 - cur].data(), grad_of(grads[1 - cur], next).floats() * static_cast<index_t>(sizeof(float)),
            right, grad_tag, comm, grad_recvs);
@@ -226,6 +227,8 @@ void ring_backward_impl(const softmax& pol, const tensor_view<const float>& q, c
     st.compute_s += (c1 - c0) + (c3 - c2);
     st.wait_s += (c2 - c1) + (MPI_Wtime() - c3);
   }
+  // finish_s includes waiting for this rank's gradients to come home (on an
+  // unbalanced layout, for the slowest rank to finish).
   const double f0 = MPI_Wtime();
   wait_all(grad_recvs);
   wait_all(grad_sends);
