@@ -5,9 +5,10 @@
 //
 // Names: softmax/N:4096/D:64/causal:0/threads:1  (B=1, H=8, fp32, Lq=Lk=N)
 //        sigmoid/N:4096/D:64/causal:0/threads:1
+//        softmax_bf16/N:4096/D:64/causal:0/threads:1  (q, k, v, out bf16; also softmax_fp16)
 //        softmax_decode/Lk:4096/D:128/H:8/threads:1  (one query per head; GB/s of K+V)
 //        eigen_naive/N:1024/D:64                    (materialised N×N, 1 thread)
-//        peak/fma/threads:T, peak/triad/threads:T
+//        peak/fma/threads:T, peak/triad/threads:T, peak/bf16dot/threads:1 (AVX512-BF16 only)
 // Counters: GFLOPS (useful flop: 4·N²·D·H, halved for causal), peak_frac (of the
 // per-core FMA peak × threads), GBps and triad_frac for decode.
 #include <attnkit/attnkit.hpp>
@@ -44,6 +45,32 @@ void bm_prefill(benchmark::State& st, Policy pol, index_t n, index_t d, bool cau
   const wall_timer timer;
   for (auto _ : st) {
     attnkit::attention(pol, qv, kv, vv, ov, opt);
+    benchmark::DoNotOptimize(o.data());
+    benchmark::ClobberMemory();
+  }
+  const double sec = timer.seconds();
+  const double flop = 4.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(d) * heads;
+  set_flop_counters(st, causal ? flop / 2 : flop, threads, sec);
+}
+
+/// The same prefill with q, k, v and out all of 16-bit type T (computed in fp32:
+/// kernel/staging.hpp), against the float rows above and peak/bf16dot.
+template <class T>
+void bm_prefill_16bit(benchmark::State& st, index_t n, index_t d, bool causal, int threads) {
+  const auto sz = static_cast<std::size_t>(heads * n * d);
+  std::vector<T> q(sz), k(sz), v(sz), o(sz);
+  {
+    const auto a = random_vector(sz, 1), b = random_vector(sz, 2), c = random_vector(sz, 3);
+    for (std::size_t i = 0; i < sz; ++i) q[i] = T::from_float(a[i]), k[i] = T::from_float(b[i]), v[i] = T::from_float(c[i]);
+  }
+  attnkit::options opt;
+  opt.causal = causal ? attnkit::causal::bottom_right : attnkit::causal::none;
+  opt.num_threads = threads;
+  const auto view = [&](std::vector<T>& x) { return attnkit::bhsd(x.data(), 1, heads, n, d); };
+  attnkit::attention(attnkit::softmax{}, view(q), view(k), view(v), view(o), opt);  // warm
+  const wall_timer timer;
+  for (auto _ : st) {
+    attnkit::attention(attnkit::softmax{}, view(q), view(k), view(v), view(o), opt);
     benchmark::DoNotOptimize(o.data());
     benchmark::ClobberMemory();
   }
@@ -129,6 +156,17 @@ void register_all(bool quick) {
           benchmark::RegisterBenchmark(("softmax" + suffix(n, d, causal, t)).c_str(),
                                        bm_prefill<attnkit::softmax>, attnkit::softmax{}, n, d, causal, t)
               ->Unit(benchmark::kMillisecond);
+
+  // 16-bit end to end (q, k, v, out), one thread: issue #27's rows (N = 4096, D = 64, 128).
+  for (index_t n : quick ? std::vector<index_t>{1024} : std::vector<index_t>{4096})
+    for (index_t d : {64, 128}) {
+      benchmark::RegisterBenchmark(("softmax_bf16" + suffix(n, d, false, 1)).c_str(),
+                                   bm_prefill_16bit<attnkit::bfloat16>, n, d, false, 1)
+          ->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(("softmax_fp16" + suffix(n, d, false, 1)).c_str(),
+                                   bm_prefill_16bit<attnkit::float16>, n, d, false, 1)
+          ->Unit(benchmark::kMillisecond);
+    }
 
   for (index_t n : quick ? std::vector<index_t>{1024} : std::vector<index_t>{1024, 4096})
     for (int t : quick ? std::vector<int>{1} : thread_counts)

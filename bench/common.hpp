@@ -123,6 +123,50 @@ inline constexpr double fma_flop_per_iter = 12 * 2;
 #endif
 }
 
+#if defined(__AVX512BF16__)
+/// 12 independent vdpbf16ps chains (zmm): each instruction is 32 bf16 products
+/// summed pairwise into 16 fp32 lanes, 64 flop. The 16-bit compute peak that a
+/// bf16 Q·Kᵀ / P·V kernel could reach; reported beside the fp32 FMA peak so a
+/// 16-bit row can be judged against the faster of the two (issue #27).
+inline constexpr double bf16dot_flop_per_iter = 12 * 32 * 2;
+[[gnu::noinline]] inline float bf16dot_chains(std::int64_t iters, float seed) {
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);  // 1, 2^-24·…
+  __m512 c[12];
+  for (int j = 0; j < 12; ++j) c[j] = _mm512_set1_ps(seed + static_cast<float>(j));
+  for (std::int64_t i = 0; i < iters; ++i) {
+    c[0] = _mm512_dpbf16_ps(c[0], a, b);
+    c[1] = _mm512_dpbf16_ps(c[1], a, b);
+    c[2] = _mm512_dpbf16_ps(c[2], a, b);
+    c[3] = _mm512_dpbf16_ps(c[3], a, b);
+    c[4] = _mm512_dpbf16_ps(c[4], a, b);
+    c[5] = _mm512_dpbf16_ps(c[5], a, b);
+    c[6] = _mm512_dpbf16_ps(c[6], a, b);
+    c[7] = _mm512_dpbf16_ps(c[7], a, b);
+    c[8] = _mm512_dpbf16_ps(c[8], a, b);
+    c[9] = _mm512_dpbf16_ps(c[9], a, b);
+    c[10] = _mm512_dpbf16_ps(c[10], a, b);
+    c[11] = _mm512_dpbf16_ps(c[11], a, b);
+  }
+  __m512 s = c[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, c[j]);
+  return _mm512_reduce_add_ps(s);
+}
+
+/// `peak/bf16dot/threads:1`: GFLOPS of the vdpbf16ps chains (best iteration).
+inline void bm_peak_bf16dot(benchmark::State& st) {
+  constexpr std::int64_t iters = std::int64_t{1} << 21;
+  double best = 0;
+  for (auto _ : st) {
+    const auto t0 = clock_type::now();
+    benchmark::DoNotOptimize(bf16dot_chains(iters, 1.0f));
+    const double sec = std::chrono::duration<double>(clock_type::now() - t0).count();
+    best = std::max(best, bf16dot_flop_per_iter * static_cast<double>(iters) / sec * 1e-9);
+  }
+  st.counters["GFLOPS"] = best;
+  st.SetLabel("avx512bf16 (12 zmm vdpbf16ps chains)");
+}
+#endif
+
 /// Runs `work(t)` for t in [0, threads): t = 0 on the calling thread (so the benchmark
 /// thread's CPU time tracks the wall time, which Google Benchmark uses to pick the
 /// iteration count), the others on threads released together. Returns the wall time
@@ -322,6 +366,9 @@ inline void register_peaks(const std::vector<int>& thread_counts) {
   for (int t : thread_counts)
     benchmark::RegisterBenchmark(("peak/triad/threads:" + std::to_string(t)).c_str(), bm_peak_triad, t)
         ->Unit(benchmark::kMillisecond);
+#if defined(__AVX512BF16__)
+  benchmark::RegisterBenchmark("peak/bf16dot/threads:1", bm_peak_bf16dot)->Unit(benchmark::kMillisecond);
+#endif
 }
 
 // ---------------------------------------------------------------- counters

@@ -33,8 +33,28 @@
       attnkit::tensor_view<const KV>, attnkit::tensor_view<float>, const attnkit::options&,                \
       attnkit::null_observer&&);
 
+/// 16-bit end-to-end softmax calls (q, k, v of type T; out T or float): the
+/// instantiation is of the call's body, detail::attention_half_impl, so a call
+/// whose views are const or not (a different public template each) finds it.
+#define ATTNKIT_PRECOMPILED_HALF(X)                                                                       \
+  X(attnkit::bfloat16, attnkit::bfloat16)                                                                \
+  X(attnkit::bfloat16, float)                                                                            \
+  X(attnkit::float16, attnkit::float16)                                                                  \
+  X(attnkit::float16, float)
+
+#define ATTNKIT_PRECOMPILED_HALF_ATTENTION(EXTERN, T, OUT)                                                \
+  EXTERN template void                                                                                   \
+  attnkit::detail::attention_half_impl<attnkit::simd::default_arch, attnkit::softmax, T, OUT,           \
+                                       attnkit::null_observer>(                                          \
+      const attnkit::softmax&, const attnkit::tensor_view<const T>&, const attnkit::tensor_view<const T>&, \
+      const attnkit::tensor_view<const T>&, const attnkit::tensor_view<OUT>&, const attnkit::options&,     \
+      attnkit::null_observer&);
+
 #if defined(ATTNKIT_PRECOMPILED)
 #define ATTNKIT_DETAIL_EXTERN_PAIR(POLICY, KV) ATTNKIT_PRECOMPILED_ATTENTION(extern, POLICY, KV)
 ATTNKIT_PRECOMPILED_PAIRS(ATTNKIT_DETAIL_EXTERN_PAIR)
 #undef ATTNKIT_DETAIL_EXTERN_PAIR
+#define ATTNKIT_DETAIL_EXTERN_HALF(T, OUT) ATTNKIT_PRECOMPILED_HALF_ATTENTION(extern, T, OUT)
+ATTNKIT_PRECOMPILED_HALF(ATTNKIT_DETAIL_EXTERN_HALF)
+#undef ATTNKIT_DETAIL_EXTERN_HALF
 #endif

@@ -1,4 +1,4 @@
-// expect: attnkit: q must be a view of float \(rule: q and out float; k and v both float, both bfloat16 or both float16\)
+// expect: attnkit: q must be a view of float, bfloat16 or float16 \(rule: q, k, v float; or q float with k and v both bfloat16 or both float16; or q, k, v all bfloat16 or all float16; out float, or q's type when q is 16-bit\)
 // A float64 q: attention() computes in float; the caller converts first.
 #include <attnkit/attnkit.hpp>
 

@@ -1,4 +1,4 @@
-// expect: attnkit: attention_varlen, linear_step, attention_gated and kernelized_entropy take float q, k and v only
+// expect: attnkit: attention_gated and kernelized_entropy take float q, k and v only
 // kernelized_entropy with a float64 q.
 #include <attnkit/attnkit.hpp>
 

@@ -60,14 +60,14 @@ paged_rows<std::remove_const_t<T>> rows_of(const paged_cache<T>& c, const kv_cac
 template <class P>
 inline constexpr bool has_call_parameters = has_member_resolve<P>;
 
-template <class Arch, class P, class Cache, class Observer>
-void kv_cache_impl(const P& pol, const tensor_view<const float>& q, const Cache& kc, const Cache& vc,
-                   const tensor_view<float>& out, const kv_cache_options& o, Observer& obs) {
+template <class Arch, class P, class Q, class Cache, class O, class Observer>
+void kv_cache_impl(const P& pol, const tensor_view<const Q>& q_in, const Cache& kc, const Cache& vc,
+                   const tensor_view<O>& out_in, const kv_cache_options& o, Observer& obs) {
   static_assert(std::is_same_v<typename P::family, family::quadratic>,
                 "attnkit::attention_with_kv_cache: softmax-family weight functions (softmax, sigmoid, your own) "
                 "and linear attention (with a linear_state) only");
   static_assert(check_weight_function<P>());
-  const kv_call_facts f = validate_kv_call(q, kc, vc, out, o);
+  const kv_call_facts f = validate_kv_call(q_in, kc, vc, out_in, o);
   check_weight_options<P>(o.attention);
   const index_t wlen = o.weight_key_length > 0 ? o.weight_key_length : f.capacity;
   if (weight_uses_key_length(pol) && o.weight_key_length == 0)
@@ -87,11 +87,15 @@ void kv_cache_impl(const P& pol, const tensor_view<const float>& q, const Cache&
   a.key_lengths = scratch.lengths;
   // The options' own checks (scale, window, masks, ALiBi, sinks, LSE, ...), with
   // stand-ins for the caches, whose memory was checked above.
-  const tensor_view<const float> k_shape{q.data, {sh.batch, sh.kv_heads, sh.k_len, sh.head_dim}, {0, 0, 0, 1}};
-  const tensor_view<const float> v_shape{q.data, {sh.batch, sh.kv_heads, sh.k_len, sh.value_dim}, {0, 0, 0, 1}};
-  validate_call(q, k_shape, v_shape, out, a);
+  const tensor_view<const Q> k_shape{q_in.data, {sh.batch, sh.kv_heads, sh.k_len, sh.head_dim}, {0, 0, 0, 1}};
+  const tensor_view<const Q> v_shape{q_in.data, {sh.batch, sh.kv_heads, sh.k_len, sh.value_dim}, {0, 0, 0, 1}};
+  validate_call(q_in, k_shape, v_shape, out_in, a);
 
-  // Everything is valid: from here on the call writes.
+  // Everything is valid: from here on the call writes. A 16-bit q is widened and a
+  // 16-bit out staged in float (kernel/staging.hpp).
+  auto& staged = ws.shared().get<staging_buffers<2>>();
+  const tensor_view<const float> q = float_input(q_in, staged.slot[0]);
+  const tensor_view<float> out = float_out(out_in, staged.slot[1]);
   const int threads = resolve_num_threads(a.num_threads);
   using stored = typename std::remove_cvref_t<decltype(pool_view(kc))>::element_type;
   if constexpr (!std::is_const_v<stored>)  // a view of const elements cannot take new tokens (validated)
@@ -122,6 +126,7 @@ void kv_cache_impl(const P& pol, const tensor_view<const float>& q, const Cache&
     run(with_key_length<P>(pol, wlen));
   else
     run(pol);
+  finish_out(out, out_in);
   if constexpr (Observer::enabled) obs.end();
 }
 
@@ -153,6 +158,30 @@ void attention_with_kv_cache(const P& pol, tensor_view<const float> q, const pag
   static_assert(is_kv_storage_v<std::remove_const_t<T>> || is_q8_v<std::remove_const_t<T>>,
                 "attnkit: cache elements are float, bfloat16, float16 or block_q8<float | float16>");
   detail::kv_cache_impl<Arch>(pol, q, k_cache, v_cache, out, opt, obs);
+}
+
+/// A bfloat16 or float16 q (out of q's type or float), against a dense or paged
+/// cache of any element type above: q is widened once, the cache is read as
+/// stored, and a 16-bit out is rounded once after the kernel has finished.
+/// (kv_cache_options.k_new / v_new, the appended tokens, are float views.)
+template <class Arch = simd::default_arch, policy P, class Q, class T, class O, class Observer = null_observer>
+  requires observer<Observer> && detail::is_half_v<std::remove_const_t<Q>> &&
+           (std::is_same_v<O, float> || std::is_same_v<O, std::remove_const_t<Q>>)
+void attention_with_kv_cache(const P& pol, tensor_view<Q> q, tensor_view<T> k_cache, tensor_view<T> v_cache,
+                             tensor_view<O> out, const kv_cache_options& opt, Observer&& obs = {}) {
+  static_assert(is_kv_storage_v<std::remove_const_t<T>> || is_q8_v<std::remove_const_t<T>>,
+                "attnkit: cache elements are float, bfloat16, float16 or block_q8<float | float16>");
+  detail::kv_cache_impl<Arch>(pol, tensor_view<const std::remove_const_t<Q>>(q), k_cache, v_cache, out, opt, obs);
+}
+template <class Arch = simd::default_arch, policy P, class Q, class T, class O, class Observer = null_observer>
+  requires observer<Observer> && detail::is_half_v<std::remove_const_t<Q>> &&
+           (std::is_same_v<O, float> || std::is_same_v<O, std::remove_const_t<Q>>)
+void attention_with_kv_cache(const P& pol, tensor_view<Q> q, const paged_cache<T>& k_cache,
+                             const paged_cache<T>& v_cache, tensor_view<O> out, const kv_cache_options& opt,
+                             Observer&& obs = {}) {
+  static_assert(is_kv_storage_v<std::remove_const_t<T>> || is_q8_v<std::remove_const_t<T>>,
+                "attnkit: cache elements are float, bfloat16, float16 or block_q8<float | float16>");
+  detail::kv_cache_impl<Arch>(pol, tensor_view<const std::remove_const_t<Q>>(q), k_cache, v_cache, out, opt, obs);
 }
 
 /// Linear attention through the same entry: its cache is the recurrent state. The

@@ -7,6 +7,7 @@
 /// on a bad call), then runs the quadratic family's backward (kernel/backward/) —
 /// softmax, sigmoid and user weight functions, sparse patterns, stochastic
 /// permutation — or hands kernelised policies to their own backward.
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "sparse/pattern_keys.hpp"
 #include "sparse/run.hpp"
 #include "sparse/top_k.hpp"
+#include "staging.hpp"
 
 namespace attnkit {
 namespace detail {
@@ -148,30 +150,30 @@ void attention_backward_impl(const P& pol, const tensor_view<const float>& q, co
                              const tensor_view<const KV>& v, const tensor_view<const float>& out, const float* lse,
                              const tensor_view<const float>& dout, const tensor_view<float>& dq,
                              const tensor_view<float>& dk, const tensor_view<float>& dv, const options& opt,
-                             const backward_options& bo) {
+                             const backward_options& bo, workspace* held = nullptr) {
   using F = typename P::family;
   const backward_policy_facts facts{softmax_normalized<P>(), is_kernelized_v<P>, backward_policy_name<P>()};
   const problem_shape sh = validate_backward_call(q, k, v, out, lse, dout, dq, dk, dv, opt, bo, facts, true);
+  // The call's workspace: leased here, or the one a 16-bit call already holds.
+  std::optional<workspace_lease> lease;
+  const auto workspace_of_call = [&]() -> workspace& { return held ? *held : lease.emplace(opt.workspace).get(); };
   if constexpr (std::is_same_v<F, family::quadratic>) {
     static_assert(check_backward_weight<P>());
     check_weight_options<P>(opt);
-    workspace_lease lease(opt.workspace);
-    run_quadratic_backward<Arch>(pol, sh, q, k, v, out, lse, dout, dq, dk, dv, opt, bo, lease.get(), no_pattern{});
+    run_quadratic_backward<Arch>(pol, sh, q, k, v, out, lse, dout, dq, dk, dv, opt, bo, workspace_of_call(), no_pattern{});
   } else if constexpr (std::is_same_v<F, family::pattern>) {
     using inner = std::remove_cvref_t<decltype(pol.inner)>;
     static_assert(check_backward_weight<inner>());
     check_weight_options<inner>(opt);
     reject_positions(opt, "sparse patterns");
     pattern::check_arguments(pol.pattern, sh, opt);
-    workspace_lease lease(opt.workspace);
-    sparse_backward<Arch>(pol, sh, q, k, v, out, lse, dout, dq, dk, dv, opt, bo, lease.get());
+    sparse_backward<Arch>(pol, sh, q, k, v, out, lse, dout, dq, dk, dv, opt, bo, workspace_of_call());
   } else if constexpr (std::is_same_v<F, family::permutation>) {
     static_assert(std::is_convertible_v<const P&, const stochastic_permutation&>,
                   "attnkit: the permutation family has one skeleton, for stochastic_permutation");
     reject_positions(opt, "stochastic permutation attention");
     check_permutation_arguments(pol, sh);
-    workspace_lease lease(opt.workspace);
-    workspace& ws = lease.get();
+    workspace& ws = workspace_of_call();
     const auto perms = policy_permutations(pol, sh.k_len, sh.kv_heads, ws);
     // As run_rank_window: the skeleton works in rank space, original-index options
     // enter through the adapter's additive term.
@@ -189,9 +191,36 @@ void attention_backward_impl(const P& pol, const tensor_view<const float>& q, co
     run_quadratic_backward<Arch>(softmax{}, sh, q, k, v, out, lse, dout, dq, dk, dv, ranked, bo, ws, keys);
   } else {
     static_assert(std::is_same_v<F, family::kernelized>, "attnkit::attention_backward: no backward for this family");
-    workspace_lease lease(opt.workspace);
-    run_kernelized_backward<Arch>(pol, sh, q, k, v, out, dout, dq, dk, dv, opt, bo, lease.get());
+    run_kernelized_backward<Arch>(pol, sh, q, k, v, out, dout, dq, dk, dv, opt, bo, workspace_of_call());
   }
+}
+
+/// q, k, v of one 16-bit type T; out and dout float or T; dq, dk, dv float or T.
+/// Validated as given; q, out and dout are widened (K/V are read as T by the
+/// kernels) and 16-bit gradients are staged in float — holding the caller's values
+/// first under backward_options::accumulate — and rounded once at the end.
+template <class Arch, class P, class T, class O, class G>
+void attention_backward_half(const P& pol, const tensor_view<const T>& q, const tensor_view<const T>& k,
+                             const tensor_view<const T>& v, const tensor_view<const O>& out, const float* lse,
+                             const tensor_view<const O>& dout, const tensor_view<G>& dq, const tensor_view<G>& dk,
+                             const tensor_view<G>& dv, const options& opt, const backward_options& bo) {
+  const backward_policy_facts facts{softmax_normalized<P>(), is_kernelized_v<P>, backward_policy_name<P>()};
+  validate_backward_call(q, k, v, out, lse, dout, dq, dk, dv, opt, bo, facts, true);
+  workspace_lease lease(opt.workspace);
+  auto& staged = lease.get().shared().get<staging_buffers<6>>();
+  const auto gradient = [&](const tensor_view<G>& g, aligned_vector<float>& buf) {
+    const tensor_view<float> f = float_out(g, buf);
+    if constexpr (!std::is_same_v<G, float>)
+      if (bo.accumulate) widened(tensor_view<const G>(g), buf);  // the caller's values, to add to
+    return f;
+  };
+  const tensor_view<float> gq = gradient(dq, staged.slot[3]), gk = gradient(dk, staged.slot[4]),
+                           gv = gradient(dv, staged.slot[5]);
+  attention_backward_impl<Arch>(pol, float_input(q, staged.slot[0]), k, v, float_input(out, staged.slot[1]), lse,
+                                float_input(dout, staged.slot[2]), gq, gk, gv, opt, bo, &lease.get());
+  finish_out(gq, dq);
+  finish_out(gk, dk);
+  finish_out(gv, dv);
 }
 }  // namespace detail
 
@@ -233,6 +262,25 @@ void attention_backward(const P& pol, tensor_view<const float> q, tensor_view<co
                         tensor_view<const float> dout, tensor_view<float> dq, tensor_view<float> dk,
                         tensor_view<float> dv, const options& opt = {}, const backward_options& bo = {}) {
   detail::attention_backward_impl<Arch>(pol, q, k, v, out, lse, dout, dq, dk, dv, opt, bo);
+}
+
+/// q, k, v all bfloat16 or all float16 (attention()'s 16-bit rule); out and dout
+/// of that type or float (the same for both); dq, dk, dv of that type or float
+/// (the same for all three). Computed in float, gradients rounded once.
+template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O, class dO, class GQ,
+          class GK, class GV>
+  requires detail::half_dtypes<Q, K, V, float> && std::is_same_v<std::remove_const_t<O>, std::remove_const_t<dO>> &&
+           (std::is_same_v<std::remove_const_t<O>, float> || std::is_same_v<std::remove_const_t<O>, std::remove_const_t<Q>>) &&
+           std::is_same_v<GQ, GK> && std::is_same_v<GQ, GV> &&
+           (std::is_same_v<GQ, float> || std::is_same_v<GQ, std::remove_const_t<Q>>)
+void attention_backward(const P& pol, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+                        const float* lse, tensor_view<dO> dout, tensor_view<GQ> dq, tensor_view<GK> dk,
+                        tensor_view<GV> dv, const options& opt = {}, const backward_options& bo = {}) {
+  using T = std::remove_const_t<Q>;
+  using OT = std::remove_const_t<O>;
+  detail::attention_backward_half<Arch>(pol, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
+                                        tensor_view<const OT>(out), lse, tensor_view<const OT>(dout), dq, dk, dv, opt,
+                                        bo);
 }
 
 }  // namespace attnkit

@@ -19,6 +19,7 @@
 #include "permutation.hpp"
 #include "prefill/schedule.hpp"
 #include "sparse/run.hpp"
+#include "staging.hpp"
 
 namespace attnkit {
 
@@ -29,9 +30,9 @@ namespace detail {
 /// else; attention_varlen runs them for every sequence before the first one runs.
 /// (Kernelised policies check their options and fields first thing in their
 /// kernels; those checks do not depend on the sequence lengths.)
-template <class P, class KV>
-problem_shape check_call(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                         const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt) {
+template <class P, class Q, class KV, class O>
+problem_shape check_call(const P& pol, const tensor_view<const Q>& q, const tensor_view<const KV>& k,
+                         const tensor_view<const KV>& v, const tensor_view<O>& out, const options& opt) {
   const problem_shape shape = validate_call(q, k, v, out, opt, true, /*kernel_takes_dropout=*/true);
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     static_assert(check_weight_function<P>());
@@ -50,12 +51,11 @@ problem_shape check_call(const P& pol, const tensor_view<const float>& q, const 
   return shape;
 }
 
+/// A validated call, in the workspace `ws`, handed to the skeleton of the policy's family.
 template <class Arch, class P, class KV, class Observer>
-void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
-                    const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
-  const problem_shape shape = check_call(pol, q, k, v, out, opt);
-  workspace_lease lease(opt.workspace);
-  workspace& ws = lease.get();
+void attention_run(const P& pol, const problem_shape& shape, const tensor_view<const float>& q,
+                   const tensor_view<const KV>& k, const tensor_view<const KV>& v, const tensor_view<float>& out,
+                   const options& opt, Observer& obs, workspace& ws) {
   if constexpr (std::is_same_v<typename P::family, family::quadratic>) {
     if constexpr (Observer::enabled) obs.begin(shape, opt);
     if (shape.q_len * shape.group() <= decode_max_rows)
@@ -83,6 +83,29 @@ void attention_impl(const P& pol, const tensor_view<const float>& q, const tenso
     static_assert(std::is_same_v<typename P::family, family::quadratic>,
                   "attnkit::attention: no kernel skeleton for this policy family yet");
   }
+}
+
+template <class Arch, class P, class KV, class Observer>
+void attention_impl(const P& pol, const tensor_view<const float>& q, const tensor_view<const KV>& k,
+                    const tensor_view<const KV>& v, const tensor_view<float>& out, const options& opt, Observer& obs) {
+  const problem_shape shape = check_call(pol, q, k, v, out, opt);
+  workspace_lease lease(opt.workspace);
+  attention_run<Arch>(pol, shape, q, k, v, out, opt, obs, lease.get());
+}
+
+/// q, k, v of one 16-bit type T, out T or float: validated as given, then q is
+/// widened and the float kernel runs (K/V stay 16-bit; see staging.hpp).
+template <class Arch, class P, class T, class O, class Observer>
+void attention_half_impl(const P& pol, const tensor_view<const T>& q, const tensor_view<const T>& k,
+                         const tensor_view<const T>& v, const tensor_view<O>& out, const options& opt, Observer& obs) {
+  const problem_shape shape = check_call(pol, q, k, v, out, opt);
+  workspace_lease lease(opt.workspace);
+  workspace& ws = lease.get();
+  auto& staged = ws.shared().get<staging_buffers<2>>();
+  const tensor_view<const float> qf = widened(q, staged.slot[0]);
+  const tensor_view<float> of = float_out(out, staged.slot[1]);
+  attention_run<Arch>(pol, shape, qf, k, v, of, opt, obs, ws);
+  finish_out(of, out);
 }
 }  // namespace detail
 
@@ -121,14 +144,27 @@ void attention(const P& pol, tensor_view<const float> q, tensor_view<const float
   detail::attention_impl<Arch>(pol, q, k, v, out, opt, obs);
 }
 
+/// q, k and v all bfloat16 or all float16; out of that type or float. The kernel
+/// computes in float (q is widened once, K/V are read as 16-bit like above) and
+/// out is rounded once, to nearest even, after the kernel has finished.
+template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O,
+          class Observer = null_observer>
+  requires observer<Observer> && detail::half_dtypes<Q, K, V, O>
+void attention(const P& pol, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+               const options& opt = {}, Observer&& obs = {}) {
+  using T = std::remove_const_t<Q>;
+  detail::attention_half_impl<Arch>(pol, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
+                                    out, opt, obs);
+}
+
 /// Any other element types: a compile error that states the rule in one line
 /// (core/dtype_rules.hpp). Never viable for a valid call, so it cannot take one.
 template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O,
           class Observer = null_observer>
-  requires(!detail::attention_dtypes<Q, K, V, O>)
+  requires(!detail::io_dtypes<Q, K, V, O>)
 void attention(const P&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, const options& = {},
                Observer&& = {}) {
-  detail::reject_attention_dtypes<Q, K, V, O>();
+  detail::reject_io_dtypes<Q, K, V, O>();
 }
 
 }  // namespace attnkit

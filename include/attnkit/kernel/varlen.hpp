@@ -45,21 +45,11 @@ struct packed_rows_observer {
 };
 }  // namespace detail
 
-/// Attention over a packed batch: q [1, Hq, total_q, D], k [1, Hkv, total_k, D],
-/// v [1, Hkv, total_k, Dv], out [1, Hq, total_q, Dv]; cu_seqlens_q/k hold B+1
-/// offsets. Causal alignment and windows apply per sequence (bottom-right uses each
-/// sequence's own lengths). options.lse, if set, is laid out [Hq, total_q].
-/// Not supported here (rejected): options.mask, options.bias, options.key_lengths.
-/// Every sequence is validated (with the policy's own checks, which may depend on
-/// its lengths: a 2-D grid, a block layout, self-attention for a permutation)
-/// before any output is written. An observer sees one call: begin() with the
-/// packed shape (batch 1, seq = total_q / total_k), each row once with its packed
-/// row index, end().
-template <class Arch = simd::default_arch, policy P, class Observer = null_observer>
-  requires observer<Observer>
-void attention_varlen(const P& pol, tensor_view<const float> q, tensor_view<const float> k,
-                      tensor_view<const float> v, tensor_view<float> out, std::span<const std::int64_t> cu_seqlens_q,
-                      std::span<const std::int64_t> cu_seqlens_k, const options& opt = {}, Observer&& obs = {}) {
+namespace detail {
+template <class Arch, class P, class Q, class KV, class O, class Observer>
+void attention_varlen_impl(const P& pol, tensor_view<const Q> q, tensor_view<const KV> k, tensor_view<const KV> v,
+                           tensor_view<O> out, std::span<const std::int64_t> cu_seqlens_q,
+                           std::span<const std::int64_t> cu_seqlens_k, const options& opt, Observer& obs) {
   const problem_shape packed = validate_call(q, k, v, out, opt);
   if (q.batch() != 1) detail::fail("q", "extent 'batch'", "1 (packed sequences)", q.batch());
   if (opt.mask.data) detail::fail("options.mask", "", "none with attention_varlen", "a mask");
@@ -109,15 +99,49 @@ void attention_varlen(const P& pol, tensor_view<const float> q, tensor_view<cons
   }
   if constexpr (std::remove_cvref_t<Observer>::enabled) obs.end();
 }
+}  // namespace detail
 
-/// Any other element types: a one-line compile error stating the rule (float only).
+/// Attention over a packed batch: q [1, Hq, total_q, D], k [1, Hkv, total_k, D],
+/// v [1, Hkv, total_k, Dv], out [1, Hq, total_q, Dv]; cu_seqlens_q/k hold B+1
+/// offsets. Causal alignment and windows apply per sequence (bottom-right uses each
+/// sequence's own lengths). options.lse, if set, is laid out [Hq, total_q].
+/// Not supported here (rejected): options.mask, options.bias, options.key_lengths.
+/// Every sequence is validated (with the policy's own checks, which may depend on
+/// its lengths: a 2-D grid, a block layout, self-attention for a permutation)
+/// before any output is written. An observer sees one call: begin() with the
+/// packed shape (batch 1, seq = total_q / total_k), each row once with its packed
+/// row index, end().
+template <class Arch = simd::default_arch, policy P, class Observer = null_observer>
+  requires observer<Observer>
+void attention_varlen(const P& pol, tensor_view<const float> q, tensor_view<const float> k,
+                      tensor_view<const float> v, tensor_view<float> out, std::span<const std::int64_t> cu_seqlens_q,
+                      std::span<const std::int64_t> cu_seqlens_k, const options& opt = {}, Observer&& obs = {}) {
+  detail::attention_varlen_impl<Arch>(pol, q, k, v, out, cu_seqlens_q, cu_seqlens_k, opt, obs);
+}
+
+/// The same with 16-bit tensors, under attention()'s rule: K/V bfloat16 or float16
+/// with a float q and out, or q, k, v all of one 16-bit type with out of that type
+/// or float (each sequence runs as attention() does).
 template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O,
           class Observer = null_observer>
-  requires(!detail::fp32_dtypes<Q, K, V, O>)
+  requires observer<Observer> && detail::io_dtypes<Q, K, V, O> && (!detail::fp32_dtypes<Q, K, V, O>)
+void attention_varlen(const P& pol, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+                      std::span<const std::int64_t> cu_seqlens_q, std::span<const std::int64_t> cu_seqlens_k,
+                      const options& opt = {}, Observer&& obs = {}) {
+  using QT = std::remove_const_t<Q>;
+  using KT = std::remove_const_t<K>;
+  detail::attention_varlen_impl<Arch>(pol, tensor_view<const QT>(q), tensor_view<const KT>(k),
+                                      tensor_view<const KT>(v), out, cu_seqlens_q, cu_seqlens_k, opt, obs);
+}
+
+/// Any other element types: a one-line compile error stating attention()'s rule.
+template <class Arch = simd::default_arch, policy P, class Q, class K, class V, class O,
+          class Observer = null_observer>
+  requires(!detail::io_dtypes<Q, K, V, O>)
 void attention_varlen(const P&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>,
                       std::span<const std::int64_t>, std::span<const std::int64_t>, const options& = {},
                       Observer&& = {}) {
-  detail::reject_fp32_dtypes<Q, K, V, O>();
+  detail::reject_io_dtypes<Q, K, V, O>();
 }
 
 }  // namespace attnkit

@@ -14,6 +14,7 @@
 #include "../../parallel/thread_pool.hpp"
 #include "../../parallel/workspace.hpp"
 #include "../../policy/linear.hpp"
+#include "../staging.hpp"
 #include "features.hpp"
 #include "options.hpp"
 
@@ -52,12 +53,12 @@ linear_state make_linear_state(const linear<F>& pol, index_t batch, index_t q_he
   return linear_state(batch, q_heads, feature::output_dim(pol.phi, head_dim), value_dim);
 }
 
-/// Feeds T new tokens: q [B,Hq,T,D], k [B,Hkv,T,D], v [B,Hkv,T,Dv] → out [B,Hq,T,Dv].
-/// Token t of this call has position state.tokens + t. options: scale and threads
-/// are used; masks are meaningless here (the recurrence is causal by construction).
-template <class Arch = simd::default_arch, class F>
-void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<const float> k,
-                 tensor_view<const float> v, tensor_view<float> out, linear_state& state, const options& opt = {}) {
+namespace detail {
+/// Every check of a linear_step call (views, options, the state against them).
+template <class F, class Q, class K, class V, class O>
+problem_shape check_linear_step(const linear<F>& pol, const tensor_view<Q>& q, const tensor_view<K>& k,
+                                const tensor_view<V>& v, const tensor_view<O>& out, const linear_state& state,
+                                const options& opt) {
   const problem_shape sh = validate_call(q, k, v, out, opt);
   detail::check_kernelized_options(opt, "linear_step");
   if (opt.causal != causal::none || !opt.key_lengths.empty())
@@ -69,13 +70,18 @@ void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<c
   if (state.feature_dim != feature::output_dim(pol.phi, sh.head_dim))
     detail::fail("state", "feature_dim", feature::output_dim(pol.phi, sh.head_dim), state.feature_dim);
   detail::check_linear_fields(pol, sh.q_heads, sh.head_dim, false, true);  // decay size, eps, the map's own check (a stream)
+  return sh;
+}
 
+/// A checked linear_step, in workspace `ws`.
+template <class Arch, class F>
+void linear_step_run(const linear<F>& pol, const problem_shape& sh, const tensor_view<const float>& q,
+                     const tensor_view<const float>& k, const tensor_view<const float>& v,
+                     const tensor_view<float>& out, linear_state& state, const options& opt, workspace& ws) {
   const double tau = resolved_scale(opt, sh.head_dim);
   const index_t M = state.feature_dim, Dv = sh.value_dim, T = sh.q_len;
   const index_t pos0 = state.tokens;
   const int threads = resolve_num_threads(opt.num_threads);
-  workspace_lease lease(opt.workspace);
-  workspace& ws = lease.get();
   ws.reserve_slots(threads);
   parallel_for(sh.batch * sh.q_heads, threads, [&](index_t bh, int slot) {
     const index_t b = bh / sh.q_heads, h = bh % sh.q_heads, g = h / sh.group();
@@ -111,13 +117,42 @@ void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<c
   });
   state.tokens += T;
 }
+}  // namespace detail
 
-/// Any other element types: a one-line compile error stating the rule (float only).
+/// Feeds T new tokens: q [B,Hq,T,D], k [B,Hkv,T,D], v [B,Hkv,T,Dv] → out [B,Hq,T,Dv].
+/// Token t of this call has position state.tokens + t. options: scale and threads
+/// are used; masks are meaningless here (the recurrence is causal by construction).
+template <class Arch = simd::default_arch, class F>
+void linear_step(const linear<F>& pol, tensor_view<const float> q, tensor_view<const float> k,
+                 tensor_view<const float> v, tensor_view<float> out, linear_state& state, const options& opt = {}) {
+  const problem_shape sh = detail::check_linear_step(pol, q, k, v, out, state, opt);
+  workspace_lease lease(opt.workspace);
+  detail::linear_step_run<Arch>(pol, sh, q, k, v, out, state, opt, lease.get());
+}
+
+/// The same with 16-bit tensors, under attention()'s rule (core/dtype_rules.hpp):
+/// the token rows are widened to float, the state stays float, and a 16-bit out is
+/// rounded once at the end.
 template <class Arch = simd::default_arch, class F, class Q, class K, class V, class O>
-  requires(!detail::fp32_dtypes<Q, K, V, O>)
+  requires detail::io_dtypes<Q, K, V, O> && (!detail::fp32_dtypes<Q, K, V, O>)
+void linear_step(const linear<F>& pol, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> out,
+                 linear_state& state, const options& opt = {}) {
+  const problem_shape sh = detail::check_linear_step(pol, q, k, v, out, state, opt);
+  workspace_lease lease(opt.workspace);
+  workspace& ws = lease.get();
+  auto& staged = ws.shared().get<detail::staging_buffers<4>>();
+  const tensor_view<float> of = detail::float_out(out, staged.slot[3]);
+  detail::linear_step_run<Arch>(pol, sh, detail::float_input(q, staged.slot[0]), detail::float_input(k, staged.slot[1]),
+                                detail::float_input(v, staged.slot[2]), of, state, opt, ws);
+  detail::finish_out(of, out);
+}
+
+/// Any other element types: a one-line compile error stating the rule.
+template <class Arch = simd::default_arch, class F, class Q, class K, class V, class O>
+  requires(!detail::io_dtypes<Q, K, V, O>)
 void linear_step(const linear<F>&, tensor_view<Q>, tensor_view<K>, tensor_view<V>, tensor_view<O>, linear_state&,
                  const options& = {}) {
-  detail::reject_fp32_dtypes<Q, K, V, O>();
+  detail::reject_io_dtypes<Q, K, V, O>();
 }
 
 }  // namespace attnkit

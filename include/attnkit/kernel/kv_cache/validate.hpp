@@ -122,9 +122,9 @@ inline void check_no_overlap(const char* a, const A& x, const char* b, const B& 
 }
 
 /// Everything of a KV-cache call. `Cache` is tensor_view<T> or paged_cache<T>.
-template <class Cache>
-kv_call_facts validate_kv_call(const tensor_view<const float>& q, const Cache& k_cache, const Cache& v_cache,
-                               const tensor_view<float>& out, const kv_cache_options& o) {
+template <class Cache, class Q, class O>
+kv_call_facts validate_kv_call(const tensor_view<const Q>& q, const Cache& k_cache, const Cache& v_cache,
+                               const tensor_view<O>& out, const kv_cache_options& o) {
   constexpr bool paged = is_paged_cache_v<Cache>;
   const auto kp = pool_view(k_cache);
   const auto vp = pool_view(v_cache);
