@@ -14,7 +14,10 @@
 //    to the same output type), stated per case.
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
+#include <limits>
+#include <random>
 #include <cstring>
 #include <span>
 #include <string>
@@ -105,8 +108,8 @@ void check_attention_equivalence(const P& pol, const problem& base, options o, c
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("16-bit q, k, v: attention() equals the float call on the same values, for every family", "[dtype][io]", bfloat16,
-                   float16) {
+TEMPLATE_TEST_CASE("16-bit q, k, v: attention() equals the float call on the same values, for every family",
+                   "[dtype][io]", bfloat16, float16) {
   options causal_br;
   causal_br.causal = causal::bottom_right;
   options causal_tl;
@@ -128,6 +131,43 @@ TEMPLATE_TEST_CASE("16-bit q, k, v: attention() equals the float call on the sam
                                           "top-k");
     check_attention_equivalence<TestType>(stochastic_permutation{.window = 16, .seed = 5},
                                           problem(1, 2, 2, 64, 64, 32, 32, 19), {}, "stochastic permutation");
+  }
+}
+
+TEMPLATE_TEST_CASE("narrow() rounds as from_float: ties, subnormals, overflow, specials", "[dtype][io]", bfloat16,
+                   float16) {
+  using T = TestType;
+  // Bit patterns around every rounding boundary: random floats of every exponent,
+  // plus the edge values of both formats (fp16 max / overflow threshold, fp16 and
+  // bf16 subnormals, exact ties, zeros, infinities, NaNs).
+  std::vector<float> x;
+  std::mt19937 gen(7);
+  for (int i = 0; i < 20000; ++i) x.push_back(std::bit_cast<float>(static_cast<std::uint32_t>(gen())));
+  for (float e : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 5.9604645e-8f, 2.9802322e-8f, 2.98023259e-8f,
+                  6.1035156e-5f, 6.0975552e-5f, 1.00048828125f, 1.00146484375f, 1.00390625f, 1.01171875f, 1e-40f,
+                  -1e-45f, 3.4028235e38f, std::numeric_limits<float>::infinity(),
+                  -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+    x.push_back(e);
+  x.push_back(std::bit_cast<float>(0x7f800001u));  // a signalling NaN whose payload is only in the low bits
+  // Vector body and scalar tail at two alignments; the default arch's conversion and
+  // the portable one (F16C for fp16 where compiled, else from_float).
+  for (int portable = 0; portable < 2; ++portable) {
+    for (std::size_t off : {std::size_t{0}, std::size_t{3}}) {
+      INFO("portable " << portable << ", offset " << off);
+      const std::size_t n = x.size() - off;
+      std::vector<T> got(n);
+      if (portable)
+        simd::isa::narrow(x.data() + off, got.data(), static_cast<std::ptrdiff_t>(n), xsimd::generic{});
+      else
+        narrow(x.data() + off, got.data(), static_cast<index_t>(n));
+      std::size_t bad = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const T want = T::from_float(x[off + i]);
+        const bool nan = std::isnan(x[off + i]);
+        if (nan ? !std::isnan(got[i].to_float()) : got[i].bits != want.bits) ++bad;
+      }
+      CHECK(bad == 0);
+    }
   }
 }
 

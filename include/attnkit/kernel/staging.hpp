@@ -75,11 +75,7 @@ void narrow_into(const tensor_view<const float>& src, const tensor_view<T>& dst)
   const index_t D = dst.dim();
   for (index_t b = 0; b < dst.batch(); ++b)
     for (index_t h = 0; h < dst.heads(); ++h)
-      for (index_t s = 0; s < dst.seq(); ++s) {
-        const float* from = src.row(b, h, s);
-        T* to = dst.row(b, h, s);
-        for (index_t d = 0; d < D; ++d) to[d] = T::from_float(from[d]);
-      }
+      for (index_t s = 0; s < dst.seq(); ++s) narrow(src.row(b, h, s), dst.row(b, h, s), D);
 }
 
 /// The float view a kernel writes for the caller's `out`: out itself when it is

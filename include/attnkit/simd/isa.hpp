@@ -114,6 +114,20 @@ inline void widen(const T* src, float* dst, std::ptrdiff_t n, xsimd::generic) no
   for (; i < n; ++i) dst[i] = to_float(src[i]);
 }
 
+/// dst[0, n) = T(src[0, n)) for bf16 / fp16, to nearest even (F16C for fp16 where
+/// the compiler has it; the same values as T::from_float, NaN stays a NaN).
+template <class T>
+inline void narrow(const float* src, T* dst, std::ptrdiff_t n, xsimd::generic) noexcept {
+  std::ptrdiff_t i = 0;
+#if defined(__F16C__)
+  if constexpr (std::is_same_v<T, float16>)
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) dst[i] = T::from_float(src[i]);
+}
+
 #if XSIMD_WITH_AVX512F
 template <class A>
 ATTNKIT_FORCE_INLINE float reduce_max(const xsimd::batch<float, A>& v, xsimd::avx512f) noexcept {
@@ -203,6 +217,28 @@ inline void widen(const T* src, float* dst, std::ptrdiff_t n, xsimd::avx512f) no
       _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
   }
   for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+/// fp32 → bf16 as bfloat16::from_float, 16 lanes at a time (integer rounding: the
+/// AVX512-BF16 conversion would flush subnormal inputs); fp32 → fp16 one vcvtps2ph.
+template <class T>
+inline void narrow(const float* src, T* dst, std::ptrdiff_t n, xsimd::avx512f) noexcept {
+  std::ptrdiff_t i = 0;
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff), quiet = _mm512_set1_epi32(0x40);
+    for (; i + 16 <= n; i += 16) {
+      const __m512 x = _mm512_loadu_ps(src + i);
+      const __m512i u = _mm512_castps_si512(x), hi = _mm512_srli_epi32(u, 16);
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(hi, one))), 16);
+      r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_or_si512(hi, quiet));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+    }
+  } else {
+    for (; i + 16 <= n; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                          _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) dst[i] = T::from_float(src[i]);
 }
 #endif  // XSIMD_WITH_AVX512F
 
