@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "support.hpp"
@@ -291,6 +292,19 @@ TEMPLATE_LIST_TEST_CASE("decode kernels (dot16, dot16_bf16, pv_rows_kv) equal fl
     check_type(bfloat16{});
     check_type(float16{});
   }
+}
+
+TEST_CASE("the default arch is the target's best SIMD path", "[simd]") {
+  INFO("default_arch " << simd::arch_name<>());
+#if defined(__aarch64__)
+  STATIC_REQUIRE(std::is_same_v<simd::default_arch, xsimd::neon64>);  // NEON is baseline on aarch64
+  STATIC_REQUIRE(std::is_same_v<simd::compiled_archs, std::tuple<simd::scalar, xsimd::neon64>>);
+#elif defined(__AVX512F__)
+  STATIC_REQUIRE(std::is_base_of_v<xsimd::avx512f, simd::default_arch>);
+#elif defined(__AVX2__) && defined(__FMA__)
+  STATIC_REQUIRE(std::is_base_of_v<xsimd::avx2, simd::default_arch>);
+#endif
+  CHECK(std::tuple_size_v<simd::compiled_archs> >= 1);
 }
 
 // simd/isa.hpp: each instruction-set overload against the portable one, on every
