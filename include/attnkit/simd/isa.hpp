@@ -43,10 +43,11 @@ ATTNKIT_FORCE_INLINE float reduce_max(const xsimd::batch<float, A>& v, xsimd::ge
 // ------------------------------------------------------------ lane-wise max / min
 /// a > b ? a : b per lane (min: a < b ? a : b): the second operand when either is
 /// NaN, as x86's maxps/minps, which the kernels rely on (a NaN passed first is
-/// skipped, one passed second propagates; vec.hpp, math.hpp) and which the scalar
-/// path's `a > b ? a : b` matches. Portable: a compare and a select. NEON takes this
-/// form: its fmax/fmin return NaN when either operand is NaN (fmaxnm/fminnm the
-/// number), neither of which is x86's rule.
+/// skipped, one passed second propagates) and which the scalar path's
+/// `a > b ? a : b` matches. A compare and a select. ops<Arch>::max/min and
+/// math::max/min use it on NEON, whose fmax/fmin return NaN when either operand is
+/// NaN (fmaxnm/fminnm the number); on x86 they call xsimd::max/min (maxps/minps),
+/// which follow this rule in one instruction.
 template <class A>
 ATTNKIT_FORCE_INLINE xsimd::batch<float, A> max(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
                                                 xsimd::generic) noexcept {
@@ -57,44 +58,6 @@ ATTNKIT_FORCE_INLINE xsimd::batch<float, A> min(const xsimd::batch<float, A>& a,
                                                 xsimd::generic) noexcept {
   return xsimd::select(a < b, a, b);
 }
-// x86: xsimd's max/min are maxps/minps, one instruction with exactly this rule. Every
-// x86 tag derives from sse2, avx or avx512f.
-#if XSIMD_WITH_SSE2
-template <class A>
-ATTNKIT_FORCE_INLINE xsimd::batch<float, A> max(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
-                                                xsimd::sse2) noexcept {
-  return xsimd::max(a, b);
-}
-template <class A>
-ATTNKIT_FORCE_INLINE xsimd::batch<float, A> min(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
-                                                xsimd::sse2) noexcept {
-  return xsimd::min(a, b);
-}
-#endif
-#if XSIMD_WITH_AVX
-template <class A>
-ATTNKIT_FORCE_INLINE xsimd::batch<float, A> max(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
-                                                xsimd::avx) noexcept {
-  return xsimd::max(a, b);
-}
-template <class A>
-ATTNKIT_FORCE_INLINE xsimd::batch<float, A> min(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
-                                                xsimd::avx) noexcept {
-  return xsimd::min(a, b);
-}
-#endif
-#if XSIMD_WITH_AVX512F
-template <class A>
-ATTNKIT_FORCE_INLINE xsimd::batch<float, A> max(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
-                                                xsimd::avx512f) noexcept {
-  return xsimd::max(a, b);
-}
-template <class A>
-ATTNKIT_FORCE_INLINE xsimd::batch<float, A> min(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
-                                                xsimd::avx512f) noexcept {
-  return xsimd::min(a, b);
-}
-#endif
 
 // ------------------------------------------------------------ 2^n · p
 /// 2^n · p for integral-valued n in [−126, 126] and p in [0.7, 1.5], exactly 0
