@@ -59,3 +59,8 @@ ATTNKIT_UBSAN_CHECKS="signed-integer-overflow,shift,integer-divide-by-zero,float
 
 # MPI (Open MPI): attnkit/distributed/ring.hpp, its tests (mpiexec -np 2 / 4) and example.
 ATTNKIT_MPI_PACKAGES=(libopenmpi-dev openmpi-bin)
+
+# The aarch64 (NEON) cross build run under qemu (scripts/test.sh --neon): the cross
+# compiler with its aarch64 glibc and libstdc++, and qemu-aarch64. The headers
+# (xsimd, Catch2) are the host's arch-independent ones: no aarch64 -dev packages.
+ATTNKIT_NEON_PACKAGES=(cmake make ccache libxsimd-dev catch2 g++-aarch64-linux-gnu qemu-user)

@@ -3,7 +3,7 @@
 # self-containment, find_package / add_subdirectory consumers, benchmark smoke test,
 # ring attention under mpiexec with 2 and 4 ranks).
 #
-#   scripts/test.sh [--sanitize | --tsan] [--build-dir DIR]
+#   scripts/test.sh [--sanitize | --tsan | --neon] [--build-dir DIR]
 #
 #   --sanitize        ASan + UBSan build with Clang in its own directory (default
 #                     build-sanitize); the oracle tests instantiate the best arch
@@ -17,7 +17,22 @@
 #   --tsan            ThreadSanitizer (Clang) over the thread-pool and concurrency tests
 #                     only: test_lifecycle (without its fork() cases, which TSan does
 #                     not support) and the lifecycle_exit program (default build-tsan)
-#   --build-dir DIR   build directory (default: build, build-sanitize or build-tsan)
+#   --neon            aarch64 (NEON) cross build, run under qemu-user (default
+#                     build-neon): g++-aarch64-linux-gnu with
+#                     cmake/toolchains/aarch64-linux-gnu.cmake, -march=armv8-a, so
+#                     simd::default_arch is xsimd::neon64. Builds and runs test_simd
+#                     (scalar and neon64), fuzz_replay (the regression inputs and
+#                     1500 random cases against the float64 oracle) and the oracle
+#                     tests test_softmax_oracle and test_kernelized_oracle
+#                     (ATTNKIT_TEST_ARCHS=best: the neon64 path only; the scalar
+#                     path is portable C++, checked by the plain build), at -O2
+#                     (-O1 compiles a third faster but doubles the run time under
+#                     qemu). test_sparse_oracle also passes but would add ~80 s of
+#                     CPU (compile + qemu) to CI: ATTNKIT_NEON_TESTS="..." replaces
+#                     the list, e.g. to add it. No MPI, benchmarks, examples or
+#                     packaging checks. CI stage 5 (.ci/run): 218 s cold on 2 cores
+#                     (packages 23 s, configure 3 s, build 143 s, qemu runs 49 s).
+#   --build-dir DIR   build directory (default: build, build-sanitize, build-tsan or build-neon)
 #
 # Installs missing Debian packages with apt-get when run as root; otherwise prints the
 # apt-get line and exits 1. CI=true turns warnings into errors (-DATTNKIT_WERROR=ON).
@@ -26,14 +41,16 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sanitize=0
 tsan=0
+neon=0
 build_dir=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
     --tsan) tsan=1 ;;
+    --neon) neon=1 ;;
     --build-dir) [[ $# -ge 2 ]] || { echo "error: --build-dir needs a value" >&2; exit 2; }; build_dir=$2; shift ;;
     --build-dir=*) build_dir=${1#*=} ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -41,6 +58,32 @@ done
 
 # shellcheck source=scripts/deps.sh
 source "$root/scripts/deps.sh"
+jobs=$(nproc 2>/dev/null || echo 2)
+
+if [[ $neon -eq 1 ]]; then
+  [[ $sanitize -eq 1 || $tsan -eq 1 ]] && { echo "error: --neon is a build of its own" >&2; exit 2; }
+  ensure_packages "${ATTNKIT_NEON_PACKAGES[@]}"
+  [[ -z "$build_dir" ]] && build_dir="$root/build-neon"
+  # The tests that run under qemu: the SIMD layer, the fuzz replay (every variant,
+  # options and layouts against the oracle) and the softmax and kernelized oracle
+  # tests (odd shapes, head dims, GQA, masks, both causal alignments, windows,
+  # strides, long key ranges with block-sparse chunks; linear and log-normal).
+  read -r -a neon_tests <<<"${ATTNKIT_NEON_TESTS:-test_simd fuzz_replay test_softmax_oracle test_kernelized_oracle}"
+  echo "== configure ($build_dir, aarch64 cross build, NEON)"
+  cmake -S "$root" -B "$build_dir" --toolchain "$root/cmake/toolchains/aarch64-linux-gnu.cmake" \
+        -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O2" "-DCMAKE_CXX_FLAGS=-march=armv8-a" \
+        -DATTNKIT_NATIVE=OFF -DATTNKIT_WITH_MPI=OFF -DATTNKIT_BUILD_TESTS=ON -DATTNKIT_BUILD_EXAMPLES=OFF \
+        -DATTNKIT_BUILD_BENCH=OFF -DATTNKIT_TEST_EXTRAS=OFF -DATTNKIT_TEST_ARCHS=best \
+        "-DATTNKIT_WERROR=$([[ "${CI:-}" == "true" ]] && echo ON || echo OFF)" </dev/null
+  echo "== build ${neon_tests[*]} (-j$jobs)"
+  cmake --build "$build_dir" -j "$jobs" --target "${neon_tests[@]}" </dev/null
+  echo "== test (qemu-aarch64)"
+  regex="^($(IFS='|'; echo "${neon_tests[*]}"))\$"
+  ctest --test-dir "$build_dir" --output-on-failure -j2 --timeout 600 -R "$regex" </dev/null
+  echo "== NEON tests passed under qemu ($build_dir)"
+  exit 0
+fi
+
 # python3: the bench_report test; Open MPI: the ring-attention tests
 ensure_packages "${ATTNKIT_BUILD_PACKAGES[@]}" python3 "${ATTNKIT_MPI_PACKAGES[@]}"
 [[ $sanitize -eq 1 || $tsan -eq 1 ]] && ensure_packages "${ATTNKIT_CLANG_PACKAGES[@]}"
@@ -51,7 +94,6 @@ if [[ -z "$build_dir" ]]; then
   [[ $sanitize -eq 1 ]] && build_dir="$root/build-sanitize"
   [[ $tsan -eq 1 ]] && build_dir="$root/build-tsan"
 fi
-jobs=$(nproc 2>/dev/null || echo 2)
 
 if [[ $tsan -eq 1 ]]; then
   # A few translation units only: the pool, many user threads, nested calls, the

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "support.hpp"
@@ -78,6 +79,26 @@ TEMPLATE_LIST_TEST_CASE("reductions, iota and masks", "[simd]", simd::compiled_a
     O::store(out, O::mask_bits(v, bits));
     for (int i = 0; i < W; ++i)
       CHECK((((bits >> i) & 1u) ? out[i] == in[i] : out[i] == -std::numeric_limits<float>::infinity()));
+  }
+  // max/min: a > b ? a : b (a < b ? a : b) on every arch, so the second operand
+  // when either is NaN (x86's maxps/minps; NEON's fmax would return NaN: ops uses
+  // isa::max there), and b for equal operands (+0 vs −0). The kernels' NaN
+  // handling relies on it.
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float as[] = {1.0f, nan, 2.0f, nan, -inf, 0.0f, -0.0f, 3.0f};
+  const float bs[] = {2.0f, 5.0f, nan, nan, -1.0f, -0.0f, 0.0f, -inf};
+  constexpr int npairs = 8;
+  alignas(64) float va[64], vb[64], mx_out[64], mn_out[64];
+  for (int base = 0; base < npairs; base += W) {
+    for (int i = 0; i < W; ++i) va[i] = as[(base + i) % npairs], vb[i] = bs[(base + i) % npairs];
+    O::store(mx_out, O::max(O::load(va), O::load(vb)));
+    O::store(mn_out, O::min(O::load(va), O::load(vb)));
+    for (int i = 0; i < W; ++i) {
+      INFO("a " << va[i] << " b " << vb[i]);
+      const float emx = va[i] > vb[i] ? va[i] : vb[i], emn = va[i] < vb[i] ? va[i] : vb[i];
+      CHECK(std::bit_cast<std::uint32_t>(mx_out[i]) == std::bit_cast<std::uint32_t>(emx));
+      CHECK(std::bit_cast<std::uint32_t>(mn_out[i]) == std::bit_cast<std::uint32_t>(emn));
+    }
   }
 }
 
@@ -291,6 +312,19 @@ TEMPLATE_LIST_TEST_CASE("decode kernels (dot16, dot16_bf16, pv_rows_kv) equal fl
     check_type(bfloat16{});
     check_type(float16{});
   }
+}
+
+TEST_CASE("the default arch is the target's best SIMD path", "[simd]") {
+  INFO("default_arch " << simd::arch_name<>());
+#if defined(__aarch64__)
+  STATIC_REQUIRE(std::is_same_v<simd::default_arch, xsimd::neon64>);  // NEON is baseline on aarch64
+  STATIC_REQUIRE(std::is_same_v<simd::compiled_archs, std::tuple<simd::scalar, xsimd::neon64>>);
+#elif defined(__AVX512F__)
+  STATIC_REQUIRE(std::is_base_of_v<xsimd::avx512f, simd::default_arch>);
+#elif defined(__AVX2__) && defined(__FMA__)
+  STATIC_REQUIRE(std::is_base_of_v<xsimd::avx2, simd::default_arch>);
+#endif
+  CHECK(std::tuple_size_v<simd::compiled_archs> >= 1);
 }
 
 // simd/isa.hpp: each instruction-set overload against the portable one, on every

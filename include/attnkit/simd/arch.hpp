@@ -73,11 +73,16 @@ using push_if_t = typename push_if<L, A, Keep>::type;
 
 /// Every architecture this translation unit can run, as a std::tuple of tags:
 /// scalar first, then SSE4.2, AVX2+FMA and AVX-512F when the compiler targets
-/// them. Tests iterate over it (Catch2 TEMPLATE_LIST_TEST_CASE).
+/// them, or NEON64 on aarch64 (baseline there). Tests iterate over it (Catch2
+/// TEMPLATE_LIST_TEST_CASE).
+#if XSIMD_WITH_NEON64
+using compiled_archs = std::tuple<scalar, xsimd::neon64>;
+#else
 using compiled_archs = detail::push_if_t<
     detail::push_if_t<detail::push_if_t<std::tuple<scalar>, xsimd::sse4_2, XSIMD_WITH_SSE4_2>,
                       xsimd::fma3<xsimd::avx2>, XSIMD_WITH_AVX2 && XSIMD_WITH_FMA3_AVX2>,
     xsimd::avx512f, XSIMD_WITH_AVX512F>;
+#endif
 
 /// The name of an arch tag: xsimd's ("sse2", "fma3+avx2", "avx512bw", ...) or
 /// "scalar". arch_name<>() names default_arch, the path attention() takes.

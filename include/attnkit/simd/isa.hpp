@@ -40,6 +40,25 @@ ATTNKIT_FORCE_INLINE float reduce_max(const xsimd::batch<float, A>& v, xsimd::ge
   return m;
 }
 
+// ------------------------------------------------------------ lane-wise max / min
+/// a > b ? a : b per lane (min: a < b ? a : b): the second operand when either is
+/// NaN, as x86's maxps/minps, which the kernels rely on (a NaN passed first is
+/// skipped, one passed second propagates) and which the scalar path's
+/// `a > b ? a : b` matches. A compare and a select. ops<Arch>::max/min and
+/// math::max/min use it on NEON, whose fmax/fmin return NaN when either operand is
+/// NaN (fmaxnm/fminnm the number); on x86 they call xsimd::max/min (maxps/minps),
+/// which follow this rule in one instruction.
+template <class A>
+ATTNKIT_FORCE_INLINE xsimd::batch<float, A> max(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
+                                                xsimd::generic) noexcept {
+  return xsimd::select(a > b, a, b);
+}
+template <class A>
+ATTNKIT_FORCE_INLINE xsimd::batch<float, A> min(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
+                                                xsimd::generic) noexcept {
+  return xsimd::select(a < b, a, b);
+}
+
 // ------------------------------------------------------------ 2^n · p
 /// 2^n · p for integral-valued n in [−126, 126] and p in [0.7, 1.5], exactly 0
 /// where x < `underflow` (x: the original argument; NaN in x or p stays NaN).

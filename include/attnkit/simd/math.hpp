@@ -65,9 +65,15 @@ template <batch V> ATTNKIT_FORCE_INLINE V log1p(V x) noexcept { return xsimd::lo
 template <batch V> ATTNKIT_FORCE_INLINE V tanh(V x) noexcept { return xsimd::tanh(x); }
 template <batch V> ATTNKIT_FORCE_INLINE V abs(V x) noexcept { return xsimd::abs(x); }
 template <batch V> ATTNKIT_FORCE_INLINE V sqrt(V x) noexcept { return xsimd::sqrt(x); }
-/// Lane-wise max/min; a NaN in `b` is kept (x86 returns the second operand).
+/// Lane-wise max/min as on scalars (a > b ? a : b): a NaN in `b` is kept, one in
+/// `a` is not (x86's rule, on every arch: simd::isa::max).
+#if XSIMD_WITH_NEON
+template <batch V> ATTNKIT_FORCE_INLINE V max(V a, V b) noexcept { return detail::ops_of<V>::max(a, b); }
+template <batch V> ATTNKIT_FORCE_INLINE V min(V a, V b) noexcept { return detail::ops_of<V>::min(a, b); }
+#else
 template <batch V> ATTNKIT_FORCE_INLINE V max(V a, V b) noexcept { return xsimd::max(a, b); }
 template <batch V> ATTNKIT_FORCE_INLINE V min(V a, V b) noexcept { return xsimd::min(a, b); }
+#endif
 template <batch V> ATTNKIT_FORCE_INLINE V select(typename V::batch_bool_type c, V a, V b) noexcept {
   return xsimd::select(c, a, b);
 }

@@ -39,10 +39,16 @@ struct ops {
   ATTNKIT_FORCE_INLINE static void store(float* p, vf v) noexcept { v.store_unaligned(p); }
   ATTNKIT_FORCE_INLINE static vf set1(float x) noexcept { return vf(x); }
   ATTNKIT_FORCE_INLINE static vf fma(vf a, vf b, vf c) noexcept { return xsimd::fma(a, b, c); }
-  /// max/min return b when either operand is NaN (x86 semantics), so pass the
-  /// value that may be NaN second when NaN must propagate.
+  /// max/min return b when either operand is NaN (x86 semantics, on every arch),
+  /// so pass the value that may be NaN second when NaN must propagate.
+#if XSIMD_WITH_NEON
+  // NEON's fmax/fmin return NaN for a NaN in either operand: isa::max keeps x86's rule.
+  ATTNKIT_FORCE_INLINE static vf max(vf a, vf b) noexcept { return isa::max(a, b, Arch{}); }
+  ATTNKIT_FORCE_INLINE static vf min(vf a, vf b) noexcept { return isa::min(a, b, Arch{}); }
+#else
   ATTNKIT_FORCE_INLINE static vf max(vf a, vf b) noexcept { return xsimd::max(a, b); }
   ATTNKIT_FORCE_INLINE static vf min(vf a, vf b) noexcept { return xsimd::min(a, b); }
+#endif
   ATTNKIT_FORCE_INLINE static float reduce_add(vf v) noexcept { return xsimd::hadd(v); }
   /// True iff any lane is NaN. Not `v != v`: xsimd 8.1's != is the *ordered*
   /// compare (_CMP_NEQ_OQ), false for NaN lanes.
